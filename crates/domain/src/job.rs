@@ -1,0 +1,434 @@
+//! Job records, their states and the one transition table.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Where the orchestrator first learned of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobSource {
+    /// A proxy runner's job-started hook called `POST /api/jobs/delegate`.
+    Hook,
+    /// A `workflow_job` webhook from GitHub.
+    Webhook,
+    /// The poller found the job queued through the REST API.
+    Poll,
+}
+
+impl JobSource {
+    pub const ALL: [JobSource; 3] = [JobSource::Hook, JobSource::Webhook, JobSource::Poll];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobSource::Hook => "hook",
+            JobSource::Webhook => "webhook",
+            JobSource::Poll => "poll",
+        }
+    }
+}
+
+impl FromStr for JobSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobSource::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown job source {s:?}"))
+    }
+}
+
+/// The life of a job as the orchestrator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Known, waiting for capacity (or for a retry after a failed start).
+    Queued,
+    /// Runner credentials minted, container being created or started.
+    Provisioning,
+    /// A runner (ephemeral or proxy) is executing the job.
+    Running,
+    /// Finished; the job's own result is in `conclusion` / `exit_code`.
+    Completed,
+    /// proxy-runner could not run the job (gave up provisioning, container died).
+    Failed,
+    /// Cancelled on GitHub or by an operator.
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Provisioning,
+        JobStatus::Running,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Provisioning => "provisioning",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    /// The transition table. Every legal move is listed here and nowhere else.
+    ///
+    /// - `queued → running|completed|cancelled` without provisioning: GitHub may
+    ///   hand the job to a runner we started for another job with the same labels
+    ///   (see `in_progress`), or finish/cancel it before we got to it.
+    /// - `provisioning → queued`: a failed start is retried after a backoff.
+    /// - terminal states have no way out: a re-run is a new attempt, a new job.
+    pub fn can_transition_to(self, to: JobStatus) -> bool {
+        use JobStatus::*;
+        matches!(
+            (self, to),
+            (Queued, Provisioning | Running | Completed | Failed | Cancelled)
+                | (Provisioning, Queued | Running | Completed | Failed | Cancelled)
+                | (Running, Completed | Failed | Cancelled)
+        )
+    }
+
+    pub fn transition(self, to: JobStatus) -> Result<JobStatus, TransitionError> {
+        if self.can_transition_to(to) {
+            Ok(to)
+        } else {
+            Err(TransitionError { from: self, to })
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown status {s:?}; expected one of queued, provisioning, running, completed, failed, cancelled"
+                )
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal job transition from {from} to {to}")]
+pub struct TransitionError {
+    pub from: JobStatus,
+    pub to: JobStatus,
+}
+
+/// Maps a GitHub/hook conclusion to the final job status.
+///
+/// GitHub adds conclusions over time; anything unknown that is not clearly a
+/// success still ends the job as `completed` (the job ran; its result is kept
+/// verbatim in `conclusion`).
+pub fn conclusion_to_status(conclusion: Option<&str>) -> JobStatus {
+    match conclusion {
+        Some("cancelled") => JobStatus::Cancelled,
+        _ => JobStatus::Completed,
+    }
+}
+
+/// What makes two delegations "the same": a re-sent hook call must not create
+/// a second job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DelegationKey {
+    pub repository: String,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub job_key: String,
+    pub runner_name: String,
+}
+
+impl DelegationKey {
+    /// One string, stable across versions, used as a unique index.
+    pub fn as_string(&self) -> String {
+        // Unit separators cannot appear in validated fields.
+        format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.repository.to_ascii_lowercase(),
+            self.run_id,
+            self.run_attempt,
+            self.job_key,
+            self.runner_name
+        )
+    }
+}
+
+/// A job before the store gives it an id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewJob {
+    /// The workflow job key (`GITHUB_JOB`), e.g. `build`. For webhook jobs the
+    /// job's display name.
+    pub job_key: String,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub repository: String,
+    pub workflow: String,
+    pub runner_name: Option<String>,
+    pub labels: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    pub matrix: Option<serde_json::Value>,
+    pub needs: Vec<String>,
+    pub github_job_id: Option<u64>,
+    pub source: JobSource,
+}
+
+impl NewJob {
+    /// The idempotency key of a hook delegation; `None` for jobs that do not
+    /// come from a runner (those are keyed by `github_job_id`).
+    pub fn delegation_key(&self) -> Option<DelegationKey> {
+        let runner_name = self.runner_name.clone()?;
+        (self.source == JobSource::Hook).then(|| DelegationKey {
+            repository: self.repository.clone(),
+            run_id: self.run_id,
+            run_attempt: self.run_attempt,
+            job_key: self.job_key.clone(),
+            runner_name,
+        })
+    }
+
+    /// Builds the stored record: status `queued`, no attempts yet.
+    pub fn into_job(self, id: Uuid, now: DateTime<Utc>) -> Job {
+        Job {
+            id,
+            job_key: self.job_key,
+            run_id: self.run_id,
+            run_attempt: self.run_attempt,
+            repository: self.repository,
+            workflow: self.workflow,
+            runner_name: self.runner_name,
+            labels: self.labels,
+            environment: self.environment,
+            matrix: self.matrix,
+            needs: self.needs,
+            status: JobStatus::Queued,
+            container_id: None,
+            runner_id: None,
+            github_job_id: self.github_job_id,
+            source: self.source,
+            attempts: 0,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            not_before: None,
+            exit_code: None,
+            conclusion: None,
+        }
+    }
+}
+
+/// The seed's `DelegatedJob`: a job and everything the orchestrator knows of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: Uuid,
+    /// The workflow job key (`GITHUB_JOB`); called `jobId` in the seed's API.
+    #[serde(rename = "jobId")]
+    pub job_key: String,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub repository: String,
+    pub workflow: String,
+    pub runner_name: Option<String>,
+    pub labels: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    pub matrix: Option<serde_json::Value>,
+    pub needs: Vec<String>,
+    pub status: JobStatus,
+    pub container_id: Option<String>,
+    /// GitHub's id of the runner that took (or was registered for) the job.
+    pub runner_id: Option<u64>,
+    pub github_job_id: Option<u64>,
+    pub source: JobSource,
+    /// How many times provisioning was started.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// A queued job waiting for a retry is not started before this instant.
+    pub not_before: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub conclusion: Option<String>,
+}
+
+impl Job {
+    /// Moves the job to `to`, stamping the times that go with it.
+    pub fn transition(&mut self, to: JobStatus, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        self.status = self.status.transition(to)?;
+        self.updated_at = now;
+        match to {
+            JobStatus::Running if self.started_at.is_none() => self.started_at = Some(now),
+            s if s.is_terminal() => self.completed_at = Some(now),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn delegation_key(&self) -> Option<DelegationKey> {
+        let runner_name = self.runner_name.clone()?;
+        (self.source == JobSource::Hook).then(|| DelegationKey {
+            repository: self.repository.clone(),
+            run_id: self.run_id,
+            run_attempt: self.run_attempt,
+            job_key: self.job_key.clone(),
+            runner_name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The full table, written out once more by hand: every (from, to) pair.
+    fn expected(from: JobStatus, to: JobStatus) -> bool {
+        use JobStatus::*;
+        let allowed: &[(JobStatus, JobStatus)] = &[
+            (Queued, Provisioning),
+            (Queued, Running),
+            (Queued, Completed),
+            (Queued, Failed),
+            (Queued, Cancelled),
+            (Provisioning, Queued),
+            (Provisioning, Running),
+            (Provisioning, Completed),
+            (Provisioning, Failed),
+            (Provisioning, Cancelled),
+            (Running, Completed),
+            (Running, Failed),
+            (Running, Cancelled),
+        ];
+        allowed.contains(&(from, to))
+    }
+
+    #[test]
+    fn every_pair_of_states_follows_the_table() {
+        let mut legal = 0;
+        for from in JobStatus::ALL {
+            for to in JobStatus::ALL {
+                let got = from.transition(to);
+                if expected(from, to) {
+                    assert_eq!(got, Ok(to), "{from} -> {to} must be legal");
+                    legal += 1;
+                } else {
+                    assert_eq!(got, Err(TransitionError { from, to }), "{from} -> {to} must be illegal");
+                }
+            }
+        }
+        assert_eq!(legal, 13);
+    }
+
+    #[test]
+    fn terminal_states_have_no_exit_and_no_self_loops() {
+        for s in JobStatus::ALL {
+            assert!(!s.can_transition_to(s), "{s} -> {s}");
+            if s.is_terminal() {
+                assert!(JobStatus::ALL.iter().all(|t| !s.can_transition_to(*t)));
+            }
+        }
+    }
+
+    #[test]
+    fn status_strings_round_trip() {
+        for s in JobStatus::ALL {
+            assert_eq!(s.as_str().parse::<JobStatus>(), Ok(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+        assert!("done".parse::<JobStatus>().unwrap_err().contains("done"));
+        for s in JobSource::ALL {
+            assert_eq!(s.as_str().parse::<JobSource>(), Ok(s));
+        }
+    }
+
+    fn new_job() -> NewJob {
+        NewJob {
+            job_key: "build".into(),
+            run_id: 42,
+            run_attempt: 1,
+            repository: "Octo/Repo".into(),
+            workflow: "CI".into(),
+            runner_name: Some("proxy-1".into()),
+            labels: vec!["self-hosted".into()],
+            environment: BTreeMap::new(),
+            matrix: None,
+            needs: vec![],
+            github_job_id: None,
+            source: JobSource::Hook,
+        }
+    }
+
+    #[test]
+    fn transitions_stamp_times() {
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let t1 = DateTime::from_timestamp(1_700_000_010, 0).unwrap();
+        let t2 = DateTime::from_timestamp(1_700_000_020, 0).unwrap();
+        let mut job = new_job().into_job(Uuid::now_v7(), t0);
+        assert_eq!(job.status, JobStatus::Queued);
+        job.transition(JobStatus::Running, t1).unwrap();
+        assert_eq!(job.started_at, Some(t1));
+        job.transition(JobStatus::Completed, t2).unwrap();
+        assert_eq!(job.completed_at, Some(t2));
+        assert_eq!(job.updated_at, t2);
+        let err = job.transition(JobStatus::Running, t2).unwrap_err();
+        assert_eq!(err.from, JobStatus::Completed);
+        assert_eq!(job.status, JobStatus::Completed, "a refused transition changes nothing");
+    }
+
+    #[test]
+    fn delegation_key_is_case_insensitive_on_repository_only() {
+        let a = new_job();
+        let mut b = new_job();
+        b.repository = "octo/repo".into();
+        assert_eq!(
+            a.delegation_key().unwrap().as_string(),
+            b.delegation_key().unwrap().as_string()
+        );
+        b.job_key = "Build".into();
+        assert_ne!(
+            a.delegation_key().unwrap().as_string(),
+            b.delegation_key().unwrap().as_string()
+        );
+        let mut w = new_job();
+        w.source = JobSource::Webhook;
+        assert!(w.delegation_key().is_none());
+    }
+
+    #[test]
+    fn conclusions_map_to_final_states() {
+        assert_eq!(conclusion_to_status(Some("success")), JobStatus::Completed);
+        assert_eq!(conclusion_to_status(Some("failure")), JobStatus::Completed);
+        assert_eq!(conclusion_to_status(Some("cancelled")), JobStatus::Cancelled);
+        assert_eq!(conclusion_to_status(Some("startup_failure")), JobStatus::Completed);
+        assert_eq!(conclusion_to_status(None), JobStatus::Completed);
+    }
+}

@@ -1,0 +1,176 @@
+//! Runner labels: parsing what hooks and webhooks send, and GitHub's matching
+//! rule (a runner must carry every label the job asks for; case does not count).
+
+use serde::{Deserialize, Serialize};
+
+/// Longest label GitHub accepts is 255 characters; we use the same bound.
+pub const MAX_LABEL_LEN: usize = 255;
+/// generate-jitconfig takes 1..=100 labels.
+pub const MAX_LABELS: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    #[error("label {0:?} is longer than {MAX_LABEL_LEN} characters")]
+    TooLong(String),
+    #[error("label {0:?} contains a control character")]
+    ControlCharacter(String),
+    #[error("more than {MAX_LABELS} labels")]
+    TooMany,
+}
+
+/// Labels as they arrive: the seed's hook sends one comma-separated string,
+/// other callers send an array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Labels {
+    Joined(String),
+    List(Vec<String>),
+}
+
+impl Labels {
+    pub fn parse(&self) -> Result<LabelSet, LabelError> {
+        match self {
+            Labels::Joined(s) => LabelSet::parse_list(s.split(',')),
+            Labels::List(v) => LabelSet::parse_list(v.iter().map(String::as_str)),
+        }
+    }
+}
+
+/// A normalised label list: trimmed, no empties, no duplicates (ignoring
+/// case), first spelling and order kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LabelSet(Vec<String>);
+
+impl LabelSet {
+    pub fn parse_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, LabelError> {
+        let mut out: Vec<String> = Vec::new();
+        for raw in items {
+            let label = raw.trim();
+            if label.is_empty() {
+                continue;
+            }
+            if label.chars().count() > MAX_LABEL_LEN {
+                return Err(LabelError::TooLong(label.chars().take(40).collect()));
+            }
+            if label.chars().any(char::is_control) {
+                return Err(LabelError::ControlCharacter(label.escape_debug().to_string()));
+            }
+            if !out.iter().any(|l| l.eq_ignore_ascii_case(label)) {
+                out.push(label.to_string());
+            }
+            if out.len() > MAX_LABELS {
+                return Err(LabelError::TooMany);
+            }
+        }
+        Ok(LabelSet(out))
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn into_vec(self) -> Vec<String> {
+        self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, label: &str) -> bool {
+        self.0.iter().any(|l| l.eq_ignore_ascii_case(label))
+    }
+
+    /// GitHub's rule: a runner with `self` labels can take a job asking for
+    /// `job` labels when it carries every one of them.
+    pub fn serves(&self, job: &[String]) -> bool {
+        job.iter().all(|l| self.contains(l))
+    }
+
+    /// Adds labels that are not already present (ignoring case).
+    pub fn extend<'a>(&mut self, more: impl IntoIterator<Item = &'a str>) {
+        for l in more {
+            if !self.contains(l) {
+                self.0.push(l.to_string());
+            }
+        }
+    }
+}
+
+/// Whether a runner carrying `runner_labels` may take a job asking for `job_labels`.
+pub fn runner_matches(runner_labels: &[String], job_labels: &[String]) -> bool {
+    job_labels
+        .iter()
+        .all(|j| runner_labels.iter().any(|r| r.eq_ignore_ascii_case(j)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn joined_string_as_the_seed_hook_sends_it() {
+        let l: Labels = serde_json::from_str(r#""self-hosted, linux ,x64,,""#).unwrap();
+        assert_eq!(l.parse().unwrap().into_vec(), v(&["self-hosted", "linux", "x64"]));
+        let empty: Labels = serde_json::from_str(r#""""#).unwrap();
+        assert!(empty.parse().unwrap().is_empty());
+    }
+
+    #[test]
+    fn array_form_and_duplicates() {
+        let l: Labels = serde_json::from_str(r#"["self-hosted","Linux","linux"," gpu "]"#).unwrap();
+        assert_eq!(l.parse().unwrap().into_vec(), v(&["self-hosted", "Linux", "gpu"]));
+    }
+
+    #[test]
+    fn other_json_types_are_not_labels() {
+        assert!(serde_json::from_str::<Labels>("42").is_err());
+        assert!(serde_json::from_str::<Labels>(r#"[1,2]"#).is_err());
+        assert!(serde_json::from_str::<Labels>(r#"{"a":1}"#).is_err());
+    }
+
+    #[test]
+    fn limits() {
+        let long = "x".repeat(MAX_LABEL_LEN + 1);
+        assert!(matches!(
+            LabelSet::parse_list([long.as_str()]),
+            Err(LabelError::TooLong(_))
+        ));
+        assert!(matches!(
+            LabelSet::parse_list(["a\nb"]),
+            Err(LabelError::ControlCharacter(_))
+        ));
+        let many: Vec<String> = (0..=MAX_LABELS).map(|i| format!("l{i}")).collect();
+        assert_eq!(
+            LabelSet::parse_list(many.iter().map(String::as_str)),
+            Err(LabelError::TooMany)
+        );
+        let ok: Vec<String> = (0..MAX_LABELS).map(|i| format!("l{i}")).collect();
+        assert!(LabelSet::parse_list(ok.iter().map(String::as_str)).is_ok());
+    }
+
+    #[test]
+    fn matching_follows_github() {
+        let runner = v(&["self-hosted", "Linux", "X64", "gpu"]);
+        assert!(runner_matches(&runner, &v(&["self-hosted"])));
+        assert!(runner_matches(&runner, &v(&["linux", "x64"])));
+        assert!(runner_matches(&runner, &[]), "a job with no labels matches any runner");
+        assert!(!runner_matches(&runner, &v(&["self-hosted", "arm64"])));
+        assert!(!runner_matches(&[], &v(&["self-hosted"])));
+        let set = LabelSet::parse_list(runner.iter().map(String::as_str)).unwrap();
+        assert!(set.serves(&v(&["GPU"])));
+        assert!(!set.serves(&v(&["ubuntu-latest"])));
+    }
+
+    #[test]
+    fn extend_keeps_first_spelling() {
+        let mut s = LabelSet::parse_list(["ephemeral", "container"]).unwrap();
+        s.extend(["Container", "self-hosted"]);
+        assert_eq!(s.into_vec(), v(&["ephemeral", "container", "self-hosted"]));
+    }
+}

@@ -1,0 +1,18 @@
+//! The domain of proxy-runner: what a job is, which state changes are legal,
+//! which runner labels serve which job, which queued job starts next, and the
+//! ports (traits) through which the orchestrator reaches the outside world.
+//!
+//! Nothing in this crate does IO. Every function here is deterministic given
+//! its inputs (time comes in through [`ports::Clock`]).
+
+pub mod env_filter;
+pub mod job;
+pub mod labels;
+pub mod names;
+pub mod ports;
+pub mod schedule;
+
+pub use job::{
+    DelegationKey, Job, JobSource, JobStatus, NewJob, TransitionError, conclusion_to_status,
+};
+pub use labels::{LabelSet, Labels};

@@ -1,0 +1,453 @@
+//! Ports: the traits through which the orchestrator reaches the outside world
+//! (job store, GitHub, container engine, clock). Adapters live in their own
+//! crates; tests use recording doubles.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::job::{Job, JobStatus};
+
+// ---------------------------------------------------------------- clock
+
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+// ---------------------------------------------------------------- job store
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job store unavailable: {0}")]
+    Unavailable(String),
+    #[error("job store rejected the data: {0}")]
+    Invalid(String),
+}
+
+/// Result of inserting a job that may already exist.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    New(Job),
+    /// A job with the same idempotency key (delegation key or GitHub job id)
+    /// was already stored; it is returned unchanged.
+    Existing(Job),
+}
+
+impl Inserted {
+    pub fn job(&self) -> &Job {
+        match self {
+            Inserted::New(j) | Inserted::Existing(j) => j,
+        }
+    }
+    pub fn into_job(self) -> Job {
+        match self {
+            Inserted::New(j) | Inserted::Existing(j) => j,
+        }
+    }
+    pub fn is_new(&self) -> bool {
+        matches!(self, Inserted::New(_))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub repository: Option<String>,
+    /// Keyset paging: only jobs with an id greater than this (ids are UUIDv7,
+    /// so this is creation order).
+    pub after: Option<Uuid>,
+    pub limit: usize,
+}
+
+/// A per-runner credential issued by the orchestrator. Only the hash of the
+/// token is ever stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub id: Uuid,
+    pub runner: String,
+    /// Hex SHA-256 of the token.
+    #[serde(skip_serializing)]
+    pub hash: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// One line of the audit trail. `detail` must never hold a secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    pub at: DateTime<Utc>,
+    /// `admin`, `runner:{name}`, `github`, `orchestrator`.
+    pub actor: String,
+    /// e.g. `job.delegated`, `job.completed`, `token.created`, `container.started`.
+    pub action: String,
+    pub job_id: Option<Uuid>,
+    pub detail: serde_json::Value,
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Inserts `job` unless a job with the same delegation key (hook jobs) or
+    /// GitHub job id already exists, in which case that one is returned.
+    async fn insert_job(&self, job: &Job) -> Result<Inserted, StoreError>;
+    async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError>;
+    async fn find_by_github_job_id(&self, github_job_id: u64) -> Result<Option<Job>, StoreError>;
+    /// The newest job of `runner_name` with key `job_key` that is not finished.
+    async fn find_active_for_runner(
+        &self,
+        runner_name: &str,
+        job_key: &str,
+    ) -> Result<Option<Job>, StoreError>;
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
+    /// Writes `job` if its stored status is still `expected` (compare and set).
+    /// Returns false when another writer moved the job first.
+    async fn update_job(&self, job: &Job, expected: JobStatus) -> Result<bool, StoreError>;
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    async fn find_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Marks the token revoked; false when there is no such (unrevoked) token.
+    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Records a webhook delivery id; false when it was seen before.
+    async fn record_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+// ---------------------------------------------------------------- GitHub
+
+/// Where runners are registered: one repository or a whole organization.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Scope {
+    Repository { owner: String, repo: String },
+    Organization { org: String },
+}
+
+impl Scope {
+    pub fn repository(full_name: &str) -> Option<Scope> {
+        let (owner, repo) = crate::names::parse_repository(full_name).ok()?;
+        Some(Scope::Repository {
+            owner: owner.to_string(),
+            repo: repo.to_string(),
+        })
+    }
+
+    /// The REST path prefix: `repos/{owner}/{repo}` or `orgs/{org}`.
+    pub fn api_path(&self) -> String {
+        match self {
+            Scope::Repository { owner, repo } => format!("repos/{owner}/{repo}"),
+            Scope::Organization { org } => format!("orgs/{org}"),
+        }
+    }
+
+    /// The URL a runner is configured with (`--url`), under `web_base`
+    /// (`https://github.com` or an Enterprise Server / emulator address).
+    pub fn runner_url(&self, web_base: &str) -> String {
+        let base = web_base.trim_end_matches('/');
+        match self {
+            Scope::Repository { owner, repo } => format!("{base}/{owner}/{repo}"),
+            Scope::Organization { org } => format!("{base}/{org}"),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Repository { owner, repo } => write!(f, "{owner}/{repo}"),
+            Scope::Organization { org } => write!(f, "org {org}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JitRequest {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub runner_group_id: u64,
+    pub work_folder: String,
+}
+
+/// A just-in-time runner configuration. The encoded config is a credential.
+#[derive(Debug, Clone)]
+pub struct JitConfig {
+    pub runner_id: u64,
+    pub runner_name: String,
+    pub encoded_jit_config: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrationToken {
+    pub token: SecretString,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerInfo {
+    pub id: u64,
+    pub name: String,
+    pub os: String,
+    pub status: String,
+    pub busy: bool,
+    pub labels: Vec<String>,
+    pub ephemeral: bool,
+}
+
+/// A workflow job as the REST API (or a webhook) describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowJobInfo {
+    pub id: u64,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub repository: String,
+    pub name: String,
+    pub workflow_name: String,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub labels: Vec<String>,
+    pub runner_id: Option<u64>,
+    pub runner_name: Option<String>,
+}
+
+/// Errors of the GitHub port. Messages never carry a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GitHubError {
+    #[error("GitHub: not found: {0}")]
+    NotFound(String),
+    #[error("GitHub: conflict: {0}")]
+    Conflict(String),
+    #[error("GitHub: validation failed: {0}")]
+    Validation(String),
+    #[error("GitHub: unauthorized or forbidden: {0}")]
+    Unauthorized(String),
+    #[error("GitHub: rate limited until {until}")]
+    RateLimited { until: DateTime<Utc> },
+    #[error("GitHub: circuit open for {host}; failing fast")]
+    CircuitOpen { host: String },
+    #[error("GitHub: request timed out: {0}")]
+    Timeout(String),
+    #[error("GitHub: HTTP {status}: {message}")]
+    Http { status: u16, message: String },
+    #[error("GitHub: transport error: {0}")]
+    Transport(String),
+}
+
+impl GitHubError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            GitHubError::RateLimited { .. }
+            | GitHubError::CircuitOpen { .. }
+            | GitHubError::Timeout(_)
+            | GitHubError::Transport(_) => true,
+            GitHubError::Http { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// The seed's `GitHubAPIService`, as far as the orchestrator needs it.
+#[async_trait]
+pub trait RunnerRegistry: Send + Sync + 'static {
+    async fn generate_jit_config(
+        &self,
+        scope: &Scope,
+        request: &JitRequest,
+    ) -> Result<JitConfig, GitHubError>;
+    async fn create_registration_token(
+        &self,
+        scope: &Scope,
+    ) -> Result<RegistrationToken, GitHubError>;
+    /// Deletes a runner; `NotFound` when GitHub no longer has it.
+    async fn delete_runner(&self, scope: &Scope, runner_id: u64) -> Result<(), GitHubError>;
+    async fn list_runners(&self, scope: &Scope) -> Result<Vec<RunnerInfo>, GitHubError>;
+    /// Queued workflow jobs of a repository (for polling).
+    async fn list_queued_jobs(
+        &self,
+        owner: &str,
+        repo: &str,
+    ) -> Result<Vec<WorkflowJobInfo>, GitHubError>;
+}
+
+// ---------------------------------------------------------------- containers
+
+#[derive(Debug, Clone)]
+pub enum EnvValue {
+    Plain(String),
+    /// Passed to the container and nowhere else; never printed.
+    Secret(SecretString),
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: EnvValue,
+}
+
+impl EnvVar {
+    pub fn plain(name: impl Into<String>, value: impl Into<String>) -> Self {
+        EnvVar {
+            name: name.into(),
+            value: EnvValue::Plain(value.into()),
+        }
+    }
+    pub fn secret(name: impl Into<String>, value: SecretString) -> Self {
+        EnvVar {
+            name: name.into(),
+            value: EnvValue::Secret(value),
+        }
+    }
+}
+
+/// Least-privilege settings for a job container. Defaults are the hardened ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hardening {
+    /// `uid[:gid]` or a user name of the image; never root.
+    pub user: String,
+    pub drop_all_capabilities: bool,
+    pub no_new_privileges: bool,
+    pub read_only_root_filesystem: bool,
+    pub pids_limit: i64,
+    pub memory_bytes: i64,
+    /// CPU in billionths of a CPU (Docker's NanoCPUs).
+    pub nano_cpus: i64,
+    /// Writable tmpfs mounts (paths) when the root filesystem is read-only.
+    pub tmpfs: Vec<String>,
+}
+
+impl Default for Hardening {
+    fn default() -> Self {
+        Hardening {
+            user: "1001:1001".into(),
+            drop_all_capabilities: true,
+            no_new_privileges: true,
+            read_only_root_filesystem: true,
+            pids_limit: 512,
+            memory_bytes: 2 * 1024 * 1024 * 1024,
+            nano_cpus: 1_000_000_000,
+            tmpfs: vec!["/tmp".into(), "/home/runner".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub env: Vec<EnvVar>,
+    /// Overrides the image's command when set.
+    pub command: Option<Vec<String>>,
+    pub labels: BTreeMap<String, String>,
+    pub network: String,
+    pub hardening: Hardening,
+    pub auto_remove: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedContainer {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub running: bool,
+}
+
+/// Label keys put on everything proxy-runner creates.
+pub mod labels {
+    pub const JOB_ID: &str = "proxy-runner.job-id";
+    pub const REPOSITORY: &str = "proxy-runner.repository";
+    pub const INSTANCE: &str = "proxy-runner.instance";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerEvent {
+    /// A container of ours stopped; `job_id` comes from its label.
+    Exited {
+        container_id: String,
+        job_id: Option<Uuid>,
+        exit_code: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("image {image:?} is not present on the container engine and will not be pulled")]
+    ImageMissing { image: String },
+    #[error("container engine unreachable: {0}")]
+    DaemonUnreachable(String),
+    #[error("a container named {0:?} already exists")]
+    NameConflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("container engine error: {0}")]
+    Other(String),
+}
+
+impl BackendError {
+    /// Whether the job should wait and retry rather than fail.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            BackendError::DaemonUnreachable(_) | BackendError::Other(_)
+        )
+    }
+}
+
+/// Starts and watches job containers (Docker today; Kubernetes later).
+#[async_trait]
+pub trait ContainerBackend: Send + Sync + 'static {
+    /// `docker`, `dry-run`, ...
+    fn kind(&self) -> &'static str;
+    async fn ping(&self) -> Result<(), BackendError>;
+    /// Creates the network if it does not exist (idempotent).
+    async fn ensure_network(&self, spec: &NetworkSpec) -> Result<(), BackendError>;
+    /// Creates and starts a container.
+    async fn start(&self, spec: &ContainerSpec) -> Result<StartedContainer, BackendError>;
+    /// Stops (and so, with auto-remove, removes) a container; `NotFound` if gone.
+    async fn stop(&self, container_id: &str, grace: Duration) -> Result<(), BackendError>;
+    /// Removes the network when no container is attached; true if removed.
+    async fn remove_network_if_unused(&self, name: &str) -> Result<bool, BackendError>;
+    /// Containers carrying `proxy-runner.instance={instance}`.
+    async fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, BackendError>;
+    /// Exit events of containers carrying `proxy-runner.instance={instance}`.
+    /// The stream ends when the engine connection drops; callers re-subscribe.
+    fn events(&self, instance: &str) -> BoxStream<'static, Result<ContainerEvent, BackendError>>;
+}
