@@ -99,9 +99,13 @@ impl JobStatus {
         use JobStatus::*;
         matches!(
             (self, to),
-            (Queued, Provisioning | Running | Completed | Failed | Cancelled)
-                | (Provisioning, Queued | Running | Completed | Failed | Cancelled)
-                | (Running, Completed | Failed | Cancelled)
+            (
+                Queued,
+                Provisioning | Running | Completed | Failed | Cancelled
+            ) | (
+                Provisioning,
+                Queued | Running | Completed | Failed | Cancelled
+            ) | (Running, Completed | Failed | Cancelled)
         )
     }
 
@@ -341,7 +345,11 @@ mod tests {
                     assert_eq!(got, Ok(to), "{from} -> {to} must be legal");
                     legal += 1;
                 } else {
-                    assert_eq!(got, Err(TransitionError { from, to }), "{from} -> {to} must be illegal");
+                    assert_eq!(
+                        got,
+                        Err(TransitionError { from, to }),
+                        "{from} -> {to} must be illegal"
+                    );
                 }
             }
         }
@@ -401,7 +409,11 @@ mod tests {
         assert_eq!(job.updated_at, t2);
         let err = job.transition(JobStatus::Running, t2).unwrap_err();
         assert_eq!(err.from, JobStatus::Completed);
-        assert_eq!(job.status, JobStatus::Completed, "a refused transition changes nothing");
+        assert_eq!(
+            job.status,
+            JobStatus::Completed,
+            "a refused transition changes nothing"
+        );
     }
 
     #[test]
@@ -427,8 +439,14 @@ mod tests {
     fn conclusions_map_to_final_states() {
         assert_eq!(conclusion_to_status(Some("success")), JobStatus::Completed);
         assert_eq!(conclusion_to_status(Some("failure")), JobStatus::Completed);
-        assert_eq!(conclusion_to_status(Some("cancelled")), JobStatus::Cancelled);
-        assert_eq!(conclusion_to_status(Some("startup_failure")), JobStatus::Completed);
+        assert_eq!(
+            conclusion_to_status(Some("cancelled")),
+            JobStatus::Cancelled
+        );
+        assert_eq!(
+            conclusion_to_status(Some("startup_failure")),
+            JobStatus::Completed
+        );
         assert_eq!(conclusion_to_status(None), JobStatus::Completed);
     }
 }

@@ -54,7 +54,9 @@ impl LabelSet {
                 return Err(LabelError::TooLong(label.chars().take(40).collect()));
             }
             if label.chars().any(char::is_control) {
-                return Err(LabelError::ControlCharacter(label.escape_debug().to_string()));
+                return Err(LabelError::ControlCharacter(
+                    label.escape_debug().to_string(),
+                ));
             }
             if !out.iter().any(|l| l.eq_ignore_ascii_case(label)) {
                 out.push(label.to_string());
@@ -116,7 +118,10 @@ mod tests {
     #[test]
     fn joined_string_as_the_seed_hook_sends_it() {
         let l: Labels = serde_json::from_str(r#""self-hosted, linux ,x64,,""#).unwrap();
-        assert_eq!(l.parse().unwrap().into_vec(), v(&["self-hosted", "linux", "x64"]));
+        assert_eq!(
+            l.parse().unwrap().into_vec(),
+            v(&["self-hosted", "linux", "x64"])
+        );
         let empty: Labels = serde_json::from_str(r#""""#).unwrap();
         assert!(empty.parse().unwrap().is_empty());
     }
@@ -124,7 +129,10 @@ mod tests {
     #[test]
     fn array_form_and_duplicates() {
         let l: Labels = serde_json::from_str(r#"["self-hosted","Linux","linux"," gpu "]"#).unwrap();
-        assert_eq!(l.parse().unwrap().into_vec(), v(&["self-hosted", "Linux", "gpu"]));
+        assert_eq!(
+            l.parse().unwrap().into_vec(),
+            v(&["self-hosted", "Linux", "gpu"])
+        );
     }
 
     #[test]
@@ -159,7 +167,10 @@ mod tests {
         let runner = v(&["self-hosted", "Linux", "X64", "gpu"]);
         assert!(runner_matches(&runner, &v(&["self-hosted"])));
         assert!(runner_matches(&runner, &v(&["linux", "x64"])));
-        assert!(runner_matches(&runner, &[]), "a job with no labels matches any runner");
+        assert!(
+            runner_matches(&runner, &[]),
+            "a job with no labels matches any runner"
+        );
         assert!(!runner_matches(&runner, &v(&["self-hosted", "arm64"])));
         assert!(!runner_matches(&[], &v(&["self-hosted"])));
         let set = LabelSet::parse_list(runner.iter().map(String::as_str)).unwrap();

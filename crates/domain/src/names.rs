@@ -6,7 +6,9 @@ use uuid::Uuid;
 pub enum RepositoryError {
     #[error("repository must be \"owner/name\", got {0:?}")]
     Shape(String),
-    #[error("repository {0:?} has characters GitHub does not allow (letters, digits, '-', '_', '.')")]
+    #[error(
+        "repository {0:?} has characters GitHub does not allow (letters, digits, '-', '_', '.')"
+    )]
     Characters(String),
 }
 
@@ -19,8 +21,7 @@ pub fn parse_repository(full: &str) -> Result<(&str, &str), RepositoryError> {
         .ok_or_else(|| RepositoryError::Shape(shown()))?;
     let ok = |s: &str| {
         s.len() <= 100
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && s != "."
             && s != ".."
@@ -48,7 +49,11 @@ fn docker_safe(s: &str) -> String {
 
 /// `{prefix}-{owner}-{repo}`: the seed's per-repository network.
 pub fn network_name(prefix: &str, repository: &str) -> String {
-    let base = format!("{}-{}", docker_safe(prefix), docker_safe(&repository.replace('/', "-")));
+    let base = format!(
+        "{}-{}",
+        docker_safe(prefix),
+        docker_safe(&repository.replace('/', "-"))
+    );
     // Docker accepts long names, but keep them readable in `docker network ls`.
     base.chars().take(200).collect()
 }
@@ -70,9 +75,15 @@ mod tests {
     #[test]
     fn repositories() {
         assert_eq!(parse_repository("octo/repo"), Ok(("octo", "repo")));
-        assert_eq!(parse_repository("Octo-Org/my_repo.rs"), Ok(("Octo-Org", "my_repo.rs")));
+        assert_eq!(
+            parse_repository("Octo-Org/my_repo.rs"),
+            Ok(("Octo-Org", "my_repo.rs"))
+        );
         for bad in ["", "octo", "/repo", "octo/", "a/b/c"] {
-            assert!(matches!(parse_repository(bad), Err(RepositoryError::Shape(_))), "{bad}");
+            assert!(
+                matches!(parse_repository(bad), Err(RepositoryError::Shape(_))),
+                "{bad}"
+            );
         }
         for bad in ["oc to/repo", "octo/re;po", "../x", "octo/.."] {
             assert!(parse_repository(bad).is_err(), "{bad}");
@@ -81,10 +92,19 @@ mod tests {
 
     #[test]
     fn docker_names() {
-        assert_eq!(network_name("proxy-runner", "Octo/Repo"), "proxy-runner-octo-repo");
+        assert_eq!(
+            network_name("proxy-runner", "Octo/Repo"),
+            "proxy-runner-octo-repo"
+        );
         assert_eq!(network_name("pr", "a/b.c"), "pr-a-b.c");
         let id = Uuid::nil();
-        assert_eq!(container_name(id), "runner-00000000-0000-0000-0000-000000000000");
-        assert_eq!(runner_name(id), "ephemeral-00000000-0000-0000-0000-000000000000");
+        assert_eq!(
+            container_name(id),
+            "runner-00000000-0000-0000-0000-000000000000"
+        );
+        assert_eq!(
+            runner_name(id),
+            "ephemeral-00000000-0000-0000-0000-000000000000"
+        );
     }
 }

@@ -71,7 +71,9 @@ pub fn pick_jobs_to_start(
             if free_global == 0 {
                 return picked;
             }
-            let free = free_repo.get_mut(repo.as_str()).expect("every repo has a slot count");
+            let free = free_repo
+                .get_mut(repo.as_str())
+                .expect("every repo has a slot count");
             if *free == 0 {
                 continue;
             }
@@ -129,26 +131,55 @@ mod tests {
             w(5, "c/c", 4),
             w(6, "b/b", 5),
         ];
-        let caps = Caps { global: 10, per_repository: 10 };
+        let caps = Caps {
+            global: 10,
+            per_repository: 10,
+        };
         let got = pick_jobs_to_start(&waiting, &BTreeMap::new(), caps, t(10));
         assert_eq!(ids(&got), [1, 4, 5, 2, 6, 3]);
     }
 
     #[test]
     fn caps_are_respected() {
-        let waiting: Vec<Waiting> = (0..20).map(|i| w(i, if i % 2 == 0 { "a/a" } else { "b/b" }, i as i64)).collect();
+        let waiting: Vec<Waiting> = (0..20)
+            .map(|i| w(i, if i % 2 == 0 { "a/a" } else { "b/b" }, i as i64))
+            .collect();
         let live = BTreeMap::from([("a/a".to_string(), 1usize)]);
-        let got = pick_jobs_to_start(&waiting, &live, Caps { global: 5, per_repository: 2 }, t(100));
+        let got = pick_jobs_to_start(
+            &waiting,
+            &live,
+            Caps {
+                global: 5,
+                per_repository: 2,
+            },
+            t(100),
+        );
         // a has 1 live -> 1 more; b gets 2; global 5 - 1 live = 4 free but repo caps bind.
         assert_eq!(ids(&got), [0, 1, 3]);
-        let none = pick_jobs_to_start(&waiting, &live, Caps { global: 1, per_repository: 5 }, t(100));
+        let none = pick_jobs_to_start(
+            &waiting,
+            &live,
+            Caps {
+                global: 1,
+                per_repository: 5,
+            },
+            t(100),
+        );
         assert!(none.is_empty());
     }
 
     #[test]
     fn global_cap_cuts_mid_round() {
         let waiting = vec![w(1, "a/a", 0), w(2, "b/b", 1), w(3, "c/c", 2)];
-        let got = pick_jobs_to_start(&waiting, &BTreeMap::new(), Caps { global: 2, per_repository: 9 }, t(9));
+        let got = pick_jobs_to_start(
+            &waiting,
+            &BTreeMap::new(),
+            Caps {
+                global: 2,
+                per_repository: 9,
+            },
+            t(9),
+        );
         assert_eq!(ids(&got), [1, 2]);
     }
 
@@ -157,15 +188,32 @@ mod tests {
         let mut later = w(1, "a/a", 0);
         later.not_before = Some(t(50));
         let waiting = vec![later, w(2, "a/a", 1)];
-        let caps = Caps { global: 9, per_repository: 9 };
-        assert_eq!(ids(&pick_jobs_to_start(&waiting, &BTreeMap::new(), caps, t(10))), [2]);
-        assert_eq!(ids(&pick_jobs_to_start(&waiting, &BTreeMap::new(), caps, t(50))), [1, 2]);
+        let caps = Caps {
+            global: 9,
+            per_repository: 9,
+        };
+        assert_eq!(
+            ids(&pick_jobs_to_start(&waiting, &BTreeMap::new(), caps, t(10))),
+            [2]
+        );
+        assert_eq!(
+            ids(&pick_jobs_to_start(&waiting, &BTreeMap::new(), caps, t(50))),
+            [1, 2]
+        );
     }
 
     #[test]
     fn repository_case_does_not_split_caps() {
         let waiting = vec![w(1, "Octo/Repo", 0), w(2, "octo/repo", 1)];
-        let got = pick_jobs_to_start(&waiting, &BTreeMap::new(), Caps { global: 9, per_repository: 1 }, t(9));
+        let got = pick_jobs_to_start(
+            &waiting,
+            &BTreeMap::new(),
+            Caps {
+                global: 9,
+                per_repository: 1,
+            },
+            t(9),
+        );
         assert_eq!(ids(&got), [1]);
     }
 
