@@ -1,1 +1,14 @@
-//! (placeholder)
+//! The orchestrator: the HTTP API the hooks call, the delegation service,
+//! configuration and metrics.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod dry_run;
+pub mod error;
+pub mod metrics;
+pub mod requests;
+pub mod service;
+
+pub use api::{AppState, app};
+pub use service::Orchestrator;

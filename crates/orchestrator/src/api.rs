@@ -1,0 +1,307 @@
+//! The HTTP API: `fn app(state) -> Router`, tested in-process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use proxy_runner_domain::JobStatus;
+use proxy_runner_domain::ports::JobFilter;
+use secrecy::ExposeSecret;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::auth::{Principal, bearer};
+use crate::error::{ApiError, ApiResult};
+use crate::metrics as m;
+use crate::requests::{parse_completion, parse_delegation, parse_token_request};
+use crate::service::Orchestrator;
+
+/// Largest body accepted on the job and token routes.
+pub const API_BODY_LIMIT: usize = 1024 * 1024;
+/// Default and largest page of `GET /api/jobs`.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 500;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub orchestrator: Arc<Orchestrator>,
+    pub metrics: PrometheusHandle,
+    /// Extra routes (the webhook receiver) are merged by the caller.
+    pub started: Instant,
+}
+
+/// A request body read with the route's size limit; over-limit bodies get a
+/// JSON 413 instead of axum's plain-text answer.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("");
+            let is_json = ct.starts_with("application/json")
+                || ct.starts_with("application/x-www-form-urlencoded") // curl -d default
+                || ct.contains("+json");
+            if !is_json {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("Content-Type {ct:?} is not JSON; send application/json"),
+                ));
+            }
+        }
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("request body is larger than {API_BODY_LIMIT} bytes"),
+                    )
+                } else {
+                    ApiError::bad_json(format!("cannot read request body: {rejection}"))
+                }
+            })
+    }
+}
+
+/// The authenticated caller.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers)?;
+        state.orchestrator.authenticate(token).await.map(Caller)
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api/jobs/delegate", post(delegate))
+        .route("/api/jobs/{id}/complete", post(complete))
+        .route("/api/jobs", get(list_jobs))
+        .route("/api/jobs/{id}", get(get_job))
+        .route("/api/tokens", post(create_token))
+        .route("/api/tokens/{id}", delete(revoke_token))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(count_requests))
+        .with_state(state)
+}
+
+async fn count_requests(req: Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    metrics::counter!(m::HTTP_REQUESTS, "route" => route, "method" => method, "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+async fn delegate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Body, ApiError>,
+) -> Response {
+    let started = Instant::now();
+    metrics::counter!(m::DELEGATIONS_RECEIVED).increment(1);
+    let result = async {
+        // Authenticate first: an anonymous caller learns nothing about the body.
+        let who = state.orchestrator.authenticate(bearer(&headers)?).await?;
+        let Body(body) = body?;
+        let delegation = parse_delegation(&body)?;
+        state.orchestrator.delegate(&who, delegation).await
+    }
+    .await;
+    match result {
+        Ok((job, created)) => {
+            metrics::counter!(m::DELEGATIONS_SUCCEEDED).increment(1);
+            metrics::histogram!(m::TIME_TO_DELEGATE).record(started.elapsed().as_secs_f64());
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(job)).into_response()
+        }
+        Err(e) => {
+            metrics::counter!(m::DELEGATIONS_FAILED, "reason" => e.code).increment(1);
+            tracing::warn!(code = e.code, message = %e.message, "delegation rejected");
+            e.into_response()
+        }
+    }
+}
+
+async fn complete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    Caller(who): Caller,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "runner") {
+        return Err(ApiError::bad_query(format!(
+            "unknown query parameter {unknown:?}"
+        )));
+    }
+    let completion = parse_completion(&body)?;
+    let job = state
+        .orchestrator
+        .resolve_for_completion(&who, &id, query.get("runner").map(String::as_str))
+        .await?;
+    let job = state.orchestrator.complete(&who, job, completion).await?;
+    Ok(Json(job).into_response())
+}
+
+fn parse_list_query(query: &HashMap<String, String>) -> ApiResult<JobFilter> {
+    let mut filter = JobFilter {
+        limit: DEFAULT_PAGE,
+        ..Default::default()
+    };
+    for (k, v) in query {
+        match k.as_str() {
+            "status" => {
+                filter.status = Some(
+                    v.parse::<JobStatus>()
+                        .map_err(|e| ApiError::bad_query(format!("status: {e}")))?,
+                )
+            }
+            "repository" => filter.repository = Some(v.clone()),
+            "limit" => {
+                filter.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| ApiError::bad_query(format!("limit: must be 1..={MAX_PAGE}")))?
+            }
+            "after" => {
+                filter.after = Some(
+                    Uuid::parse_str(v)
+                        .map_err(|_| ApiError::bad_query("after: must be a job id"))?,
+                )
+            }
+            other => {
+                return Err(ApiError::bad_query(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Query(query) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
+    let filter = parse_list_query(&query)?;
+    let jobs = state.orchestrator.list_jobs(&who, &filter).await?;
+    let next = (jobs.len() == filter.limit)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
+    Ok(Json(json!({"jobs": jobs, "nextAfter": next})))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(state.orchestrator.get_job(&who, &id).await?).into_response())
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    who.require_admin()?;
+    let runner = parse_token_request(&body)?;
+    let issued = state.orchestrator.issue_token(&who, &runner).await?;
+    let body = json!({
+        "id": issued.record.id,
+        "runner": issued.record.runner,
+        "token": issued.token.expose_secret(),
+        "createdAt": issued.record.created_at,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.orchestrator.revoke_token(&who, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "uptimeSeconds": state.started.elapsed().as_secs()}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let checks = state.orchestrator.readiness().await;
+    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => json!({"ok": false, "error": e}),
+            };
+            (name.to_string(), v)
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"ready": ready, "checks": body}))).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    state.metrics.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

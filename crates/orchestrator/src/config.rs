@@ -1,0 +1,556 @@
+//! Configuration: defaults, then the TOML file, then `PROXY_RUNNER_*`
+//! environment variables, then command-line flags (the caller applies flags
+//! last through [`Overrides`]). The environment comes in as a map so that
+//! loading is testable without touching the process environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use proxy_runner_domain::ports::Hardening;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// A secret read from config: kept in memory, shown as `***` everywhere.
+#[derive(Clone, Default)]
+pub struct Secret(pub Option<SecretString>);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(Some(SecretString::from(value.into())))
+    }
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+    pub fn get(&self) -> Option<&SecretString> {
+        self.0.as_ref()
+    }
+    fn masked(&self) -> &'static str {
+        if self.is_set() { "***" } else { "(not set)" }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.masked())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(if s.is_empty() {
+            Secret(None)
+        } else {
+            Secret::new(s)
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.masked())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    Docker,
+    DryRun,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "docker" => Ok(BackendKind::Docker),
+            "dry-run" => Ok(BackendKind::DryRun),
+            other => Err(format!(
+                "unknown backend {other:?}; expected docker or dry-run"
+            )),
+        }
+    }
+}
+
+/// How ephemeral runners are registered with GitHub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Registration {
+    /// `generate-jitconfig`: one single-use config per container (default).
+    Jit,
+    /// The seed's way: a registration token and `config.sh --ephemeral`.
+    RegistrationToken,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// SQLite database file (`:memory:` for a throw-away store).
+    pub database: PathBuf,
+    pub backend: BackendKind,
+    /// Admin bearer token for the HTTP API. Without one, admin calls are refused.
+    pub admin_token: Secret,
+    /// Value of the `proxy-runner.instance` label on everything we create, so
+    /// that several orchestrators can share one engine.
+    pub instance: String,
+    pub github: GitHubSection,
+    pub runners: RunnersSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            database: PathBuf::from("proxy-runner.db"),
+            backend: BackendKind::Docker,
+            admin_token: Secret::default(),
+            instance: "default".into(),
+            github: GitHubSection::default(),
+            runners: RunnersSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitHubSection {
+    /// REST API base: `https://api.github.com`, `https://HOST/api/v3`, or an emulator.
+    pub api_url: String,
+    /// Web base runners are configured against (`--url`): `https://github.com`.
+    pub web_url: String,
+    /// A personal access token (repo / admin:org scope).
+    pub token: Secret,
+    /// GitHub App id; with `private_key_path`, used instead of `token`.
+    pub app_id: Option<u64>,
+    pub private_key_path: Option<PathBuf>,
+    pub webhook_secret: Secret,
+    pub registration: Registration,
+    pub runner_group_id: u64,
+    /// Register runners at the organization instead of each repository.
+    pub organization: Option<String>,
+    pub poll: PollSection,
+}
+
+impl Default for GitHubSection {
+    fn default() -> Self {
+        GitHubSection {
+            api_url: "https://api.github.com".into(),
+            web_url: "https://github.com".into(),
+            token: Secret::default(),
+            app_id: None,
+            private_key_path: None,
+            webhook_secret: Secret::default(),
+            registration: Registration::Jit,
+            runner_group_id: 1,
+            organization: None,
+            poll: PollSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollSection {
+    /// `owner/repo` names to poll for queued jobs; empty disables polling.
+    pub repositories: Vec<String>,
+    pub interval_secs: u64,
+}
+
+impl Default for PollSection {
+    fn default() -> Self {
+        PollSection {
+            repositories: Vec::new(),
+            interval_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunnersSection {
+    /// Image of the ephemeral runner container (the seed's default name).
+    pub image: String,
+    /// Per-repository networks are `{network_prefix}-{owner}-{repo}`.
+    pub network_prefix: String,
+    /// Live job containers across all repositories.
+    pub max_concurrent: usize,
+    /// Live job containers of one repository.
+    pub max_per_repository: usize,
+    /// Provisioning attempts before a job is marked failed.
+    pub max_attempts: u32,
+    /// Label sets we serve. A job is ours when its labels are a subset of one
+    /// set. Empty: every job that asks for `self-hosted`.
+    pub label_sets: Vec<LabelSetConfig>,
+    /// Hardening of every job container unless a label set overrides it.
+    pub hardening: Hardening,
+}
+
+impl Default for RunnersSection {
+    fn default() -> Self {
+        RunnersSection {
+            image: "github-runner:latest".into(),
+            network_prefix: "proxy-runner".into(),
+            max_concurrent: 10,
+            max_per_repository: 5,
+            max_attempts: 5,
+            label_sets: Vec::new(),
+            hardening: Hardening::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSetConfig {
+    pub labels: Vec<String>,
+    /// Image for jobs of this set (default: `runners.image`).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Hardening for jobs of this set (default: `runners.hardening`).
+    #[serde(default)]
+    pub hardening: Option<Hardening>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Command-line flags; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub database: Option<PathBuf>,
+    pub backend: Option<BackendKind>,
+}
+
+/// The process environment, or a map in tests.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl EnvSource for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+fn env_parse<T: std::str::FromStr>(
+    env: &dyn EnvSource,
+    name: &str,
+) -> Result<Option<T>, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match env.var(name).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|e: T::Err| ConfigError::Env {
+            name: name.into(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+impl Config {
+    /// Parses a TOML document; unknown keys are an error.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Defaults, then `file` (if any), then the environment, then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn EnvSource,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml(&text, path)?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        if let Some(v) = flags.listen {
+            config.listen = v;
+        }
+        if let Some(v) = &flags.database {
+            config.database = v.clone();
+        }
+        if let Some(v) = flags.backend {
+            config.backend = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: &dyn EnvSource) -> Result<(), ConfigError> {
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_LISTEN")? {
+            self.listen = v;
+        }
+        if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_DB")? {
+            self.database = PathBuf::from(v);
+        }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_BACKEND")? {
+            self.backend = v;
+        }
+        if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_INSTANCE")? {
+            self.instance = v;
+        }
+        if let Some(v) = env
+            .var("PROXY_RUNNER_ADMIN_TOKEN")
+            .filter(|v| !v.is_empty())
+        {
+            self.admin_token = Secret::new(v);
+        }
+        let gh = &mut self.github;
+        if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_GITHUB_API_URL")? {
+            gh.api_url = v;
+        }
+        if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_GITHUB_WEB_URL")? {
+            gh.web_url = v;
+        }
+        if let Some(v) = env
+            .var("PROXY_RUNNER_GITHUB_TOKEN")
+            .filter(|v| !v.is_empty())
+        {
+            gh.token = Secret::new(v);
+        }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_GITHUB_APP_ID")? {
+            gh.app_id = Some(v);
+        }
+        if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_GITHUB_PRIVATE_KEY_PATH")? {
+            gh.private_key_path = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env
+            .var("PROXY_RUNNER_WEBHOOK_SECRET")
+            .filter(|v| !v.is_empty())
+        {
+            gh.webhook_secret = Secret::new(v);
+        }
+        if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_RUNNER_IMAGE")? {
+            self.runners.image = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.instance.is_empty()
+            || !self
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return bad(format!(
+                "instance {:?} must be non-empty letters, digits, '-', '_' or '.'",
+                self.instance
+            ));
+        }
+        let r = &self.runners;
+        if r.max_concurrent == 0 || r.max_per_repository == 0 {
+            return bad(
+                "runners.max_concurrent and runners.max_per_repository must be at least 1".into(),
+            );
+        }
+        if r.max_attempts == 0 {
+            return bad("runners.max_attempts must be at least 1".into());
+        }
+        if r.image.trim().is_empty() {
+            return bad("runners.image must not be empty".into());
+        }
+        for set in &r.label_sets {
+            if set.labels.is_empty() {
+                return bad("every runners.label_sets entry needs at least one label".into());
+            }
+        }
+        for h in std::iter::once(&r.hardening)
+            .chain(r.label_sets.iter().filter_map(|s| s.hardening.as_ref()))
+        {
+            let user = h.user.split(':').next().unwrap_or_default();
+            if user.is_empty() || user == "0" || user == "root" {
+                return bad(format!(
+                    "hardening.user {:?}: job containers never run as root",
+                    h.user
+                ));
+            }
+        }
+        let gh = &self.github;
+        if gh.app_id.is_some() != gh.private_key_path.is_some() {
+            return bad("github.app_id and github.private_key_path go together".into());
+        }
+        for repo in &gh.poll.repositories {
+            proxy_runner_domain::names::parse_repository(repo)
+                .map_err(|e| ConfigError::Invalid(format!("github.poll.repositories: {e}")))?;
+        }
+        if gh.poll.interval_secs == 0 {
+            return bad("github.poll.interval_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML with every secret masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// True when `token` equals the admin token.
+    pub fn admin_token_value(&self) -> Option<&str> {
+        self.admin_token.get().map(|s| s.expose_secret())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn precedence_is_flags_env_file_defaults() {
+        let file = write(
+            "listen = \"127.0.0.1:9000\"\ndatabase = \"from-file.db\"\nbackend = \"dry-run\"\ninstance = \"file\"\n",
+        );
+        let e = env(&[
+            ("PROXY_RUNNER_DB", "from-env.db"),
+            ("PROXY_RUNNER_INSTANCE", "env"),
+        ]);
+        let flags = Overrides {
+            database: Some("from-flag.db".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(file.path()), &e, &flags).unwrap();
+        assert_eq!(
+            c.listen,
+            "127.0.0.1:9000".parse().unwrap(),
+            "file beats default"
+        );
+        assert_eq!(c.instance, "env", "env beats file");
+        assert_eq!(c.database, PathBuf::from("from-flag.db"), "flag beats env");
+        assert_eq!(c.backend, BackendKind::DryRun);
+        assert_eq!(
+            Config::load(None, &env(&[]), &Overrides::default())
+                .unwrap()
+                .listen
+                .port(),
+            8080
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let file = write("listen = \"127.0.0.1:9000\"\nlisten_adress = \"x\"\n");
+        let err = Config::load(Some(file.path()), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("listen_adress"), "{err}");
+        let nested = write("[runners]\nimagee = \"x\"\n");
+        let err = Config::load(Some(nested.path()), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("imagee"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let err = Config::load(
+            None,
+            &env(&[("PROXY_RUNNER_LISTEN", "nope")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("PROXY_RUNNER_LISTEN"), "{err}");
+        let err = Config::load(
+            None,
+            &env(&[("PROXY_RUNNER_BACKEND", "k8s")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("dry-run"), "{err}");
+        let file = write("[runners.hardening]\nuser = \"0:0\"\n");
+        let err = Config::load(Some(file.path()), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("root"), "{err}");
+        let missing = Config::load(
+            Some(Path::new("/nonexistent/x.toml")),
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/x.toml"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked_in_every_rendering() {
+        let file = write(
+            "admin_token = \"file-admin-SECRET-1\"\n[github]\nwebhook_secret = \"hook-SECRET-2\"\n",
+        );
+        let e = env(&[("PROXY_RUNNER_GITHUB_TOKEN", "ghp_env-SECRET-3")]);
+        let c = Config::load(Some(file.path()), &e, &Overrides::default()).unwrap();
+        let shown = format!("{}\n{:?}", c.to_masked_toml(), c);
+        for s in ["file-admin-SECRET-1", "hook-SECRET-2", "ghp_env-SECRET-3"] {
+            assert!(!shown.contains(s), "{s} leaked:\n{shown}");
+        }
+        assert!(shown.contains("***"));
+        assert_eq!(c.admin_token_value(), Some("file-admin-SECRET-1"));
+        assert!(c.github.token.is_set());
+    }
+
+    #[test]
+    fn label_sets_with_their_own_hardening() {
+        let file = write(
+            "[[runners.label_sets]]\nlabels = [\"self-hosted\", \"gpu\"]\nimage = \"gpu-runner:1\"\n[runners.label_sets.hardening]\nmemory_bytes = 1024\n",
+        );
+        let c = Config::load(Some(file.path()), &env(&[]), &Overrides::default()).unwrap();
+        let set = &c.runners.label_sets[0];
+        assert_eq!(set.image.as_deref(), Some("gpu-runner:1"));
+        let h = set.hardening.as_ref().unwrap();
+        assert_eq!(h.memory_bytes, 1024);
+        assert!(
+            h.drop_all_capabilities,
+            "unset hardening fields keep their hardened default"
+        );
+    }
+}

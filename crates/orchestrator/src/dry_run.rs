@@ -1,0 +1,184 @@
+//! A container backend that starts nothing: it records what it would have
+//! started. Useful to try a configuration, and as the recording test double.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use proxy_runner_domain::ports::{
+    BackendError, ContainerBackend, ContainerEvent, ContainerInfo, ContainerSpec, EnvValue,
+    NetworkSpec, StartedContainer,
+};
+use tokio::sync::broadcast;
+
+/// One thing the dry-run backend was asked to do. Secret env values are
+/// recorded as `***`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DryRunCall {
+    EnsureNetwork(String),
+    Start {
+        name: String,
+        image: String,
+        network: String,
+        env: Vec<(String, String)>,
+        labels: Vec<(String, String)>,
+    },
+    Stop(String),
+    RemoveNetwork(String),
+}
+
+#[derive(Debug)]
+pub struct DryRunBackend {
+    calls: Mutex<Vec<DryRunCall>>,
+    live: Mutex<Vec<ContainerInfo>>,
+    events: broadcast::Sender<ContainerEvent>,
+}
+
+impl Default for DryRunBackend {
+    fn default() -> Self {
+        DryRunBackend {
+            calls: Mutex::new(Vec::new()),
+            live: Mutex::new(Vec::new()),
+            events: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl DryRunBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn calls(&self) -> Vec<DryRunCall> {
+        self.calls.lock().expect("lock").clone()
+    }
+
+    fn record(&self, call: DryRunCall) {
+        tracing::info!(?call, "dry-run backend: would do");
+        self.calls.lock().expect("lock").push(call);
+    }
+
+    /// Pretends the container exited with `exit_code` (tests drive this).
+    pub fn exit(&self, container_id: &str, exit_code: i64) {
+        let info = {
+            let mut live = self.live.lock().expect("lock");
+            let pos = live.iter().position(|c| c.id == container_id);
+            pos.map(|p| live.remove(p))
+        };
+        if let Some(info) = info {
+            let job_id = info
+                .labels
+                .get(proxy_runner_domain::ports::labels::JOB_ID)
+                .and_then(|s| s.parse().ok());
+            let _ = self.events.send(ContainerEvent::Exited {
+                container_id: container_id.to_string(),
+                job_id,
+                exit_code,
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl ContainerBackend for DryRunBackend {
+    fn kind(&self) -> &'static str {
+        "dry-run"
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn ensure_network(&self, spec: &NetworkSpec) -> Result<(), BackendError> {
+        self.record(DryRunCall::EnsureNetwork(spec.name.clone()));
+        Ok(())
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<StartedContainer, BackendError> {
+        let mut live = self.live.lock().expect("lock");
+        if live.iter().any(|c| c.name == spec.name) {
+            return Err(BackendError::NameConflict(spec.name.clone()));
+        }
+        let id = format!("dry-run-{}", uuid::Uuid::now_v7().simple());
+        live.push(ContainerInfo {
+            id: id.clone(),
+            name: spec.name.clone(),
+            labels: spec.labels.clone(),
+            running: true,
+        });
+        drop(live);
+        self.record(DryRunCall::Start {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            network: spec.network.clone(),
+            env: spec
+                .env
+                .iter()
+                .map(|e| {
+                    let v = match &e.value {
+                        EnvValue::Plain(v) => v.clone(),
+                        EnvValue::Secret(_) => "***".into(),
+                    };
+                    (e.name.clone(), v)
+                })
+                .collect(),
+            labels: spec.labels.clone().into_iter().collect(),
+        });
+        Ok(StartedContainer {
+            id,
+            name: spec.name.clone(),
+        })
+    }
+
+    async fn stop(&self, container_id: &str, _grace: Duration) -> Result<(), BackendError> {
+        self.record(DryRunCall::Stop(container_id.to_string()));
+        let known = self
+            .live
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|c| c.id == container_id);
+        if !known {
+            return Err(BackendError::NotFound(container_id.to_string()));
+        }
+        self.exit(container_id, 137);
+        Ok(())
+    }
+
+    async fn remove_network_if_unused(&self, name: &str) -> Result<bool, BackendError> {
+        self.record(DryRunCall::RemoveNetwork(name.to_string()));
+        Ok(true)
+    }
+
+    async fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, BackendError> {
+        Ok(self
+            .live
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|c| {
+                c.labels
+                    .get(proxy_runner_domain::ports::labels::INSTANCE)
+                    .map(String::as_str)
+                    == Some(instance)
+            })
+            .cloned()
+            .collect())
+    }
+
+    fn events(&self, _instance: &str) -> BoxStream<'static, Result<ContainerEvent, BackendError>> {
+        let rx = self.events.subscribe();
+        futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => return Some((Ok(ev), rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+}

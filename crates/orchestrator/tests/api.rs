@@ -1,0 +1,351 @@
+//! The HTTP API in-process: the seed hooks' exact requests, authorization,
+//! idempotency, listing.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::*;
+use proxy_runner_domain::ports::JobStore;
+
+#[tokio::test]
+async fn the_seed_hooks_work_unchanged_with_an_issued_runner_token() {
+    let app = test_app(None).await;
+    let token = app.runner_token("proxy-1").await;
+
+    // job-started.sh: labels as one string, values quoted, no runAttempt.
+    let body = seed_hook_body(
+        "build",
+        "9001",
+        "octo-org/octo-repo",
+        "proxy-1",
+        "self-hosted,linux,x64",
+    );
+    let r = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["jobId"], "build");
+    assert_eq!(r.body["runId"], 9001);
+    assert_eq!(r.body["runAttempt"], 1);
+    assert_eq!(r.body["status"], "running");
+    assert_eq!(r.body["source"], "hook");
+    assert_eq!(
+        r.body["labels"],
+        serde_json::json!(["self-hosted", "linux", "x64"])
+    );
+
+    // The hook retried (network blip): same job, 200.
+    let again = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["id"], id.as_str());
+
+    // job-completed.sh: POST /api/jobs/${GITHUB_JOB}/complete, no body, no content type.
+    let done = app
+        .call_with("POST", "/api/jobs/build/complete", Some(&token), None, None)
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert_eq!(done.body["id"], id.as_str());
+    assert_eq!(done.body["status"], "completed");
+    assert!(done.body["completedAt"].is_string());
+
+    // Completing again is harmless; the key now resolves to no active job.
+    let by_id = app
+        .call_with(
+            "POST",
+            &format!("/api/jobs/{id}/complete"),
+            Some(&token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(by_id.status, StatusCode::OK);
+    let by_key = app
+        .call_with("POST", "/api/jobs/build/complete", Some(&token), None, None)
+        .await;
+    assert_eq!(by_key.status, StatusCode::NOT_FOUND);
+    assert_eq!(by_key.body["error"]["code"], "not_found");
+
+    let stored = app
+        .store
+        .get_job(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status.as_str(), "completed");
+    let audit = app.store.list_audit(10).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert!(
+        actions.contains(&"job.delegated")
+            && actions.contains(&"job.completed")
+            && actions.contains(&"token.created")
+    );
+}
+
+#[tokio::test]
+async fn completion_body_sets_conclusion_and_exit_code() {
+    let app = test_app(None).await;
+    let token = app.runner_token("p").await;
+    let body = seed_hook_body("test", "5", "o/r", "p", "");
+    let r = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.as_bytes()),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["labels"], serde_json::json!([]));
+    let done = app
+        .call(
+            "POST",
+            &format!("/api/jobs/{id}/complete"),
+            Some(&token),
+            Some(br#"{"exitCode": 3}"#),
+        )
+        .await;
+    assert_eq!(done.body["conclusion"], "failure");
+    assert_eq!(done.body["exitCode"], 3);
+    assert_eq!(done.body["status"], "completed");
+
+    let body = seed_hook_body("deploy", "6", "o/r", "p", "");
+    let r = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.as_bytes()),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let done = app
+        .call(
+            "POST",
+            &format!("/api/jobs/{id}/complete"),
+            Some(ADMIN),
+            Some(br#"{"conclusion":"cancelled"}"#),
+        )
+        .await;
+    assert_eq!(done.body["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_runner_token_acts_only_for_its_runner() {
+    let app = test_app(None).await;
+    let a = app.runner_token("runner-a").await;
+    let b = app.runner_token("runner-b").await;
+    let body = seed_hook_body("build", "1", "o/r", "runner-a", "self-hosted");
+    let denied = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&b),
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(denied.body["error"]["code"], "forbidden");
+    assert!(
+        app.store
+            .list_jobs(&Default::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing stored"
+    );
+
+    let r = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&a),
+            Some(body.as_bytes()),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // b can neither read nor complete a's job, nor list, nor issue tokens.
+    assert_eq!(
+        app.call("GET", &format!("/api/jobs/{id}"), Some(&b), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.call_with(
+            "POST",
+            &format!("/api/jobs/{id}/complete"),
+            Some(&b),
+            None,
+            None
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.call_with("POST", "/api/jobs/build/complete", Some(&b), None, None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call("GET", "/api/jobs", Some(&b), None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.call("POST", "/api/tokens", Some(&b), Some(br#"{"runner":"x"}"#))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    // a can read its own job.
+    assert_eq!(
+        app.call("GET", &format!("/api/jobs/{id}"), Some(&a), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn revoked_tokens_stop_working() {
+    let app = test_app(None).await;
+    let r = app
+        .call(
+            "POST",
+            "/api/tokens",
+            Some(ADMIN),
+            Some(br#"{"runner":"p"}"#),
+        )
+        .await;
+    let token = r.body["token"].as_str().unwrap().to_string();
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let body = seed_hook_body("build", "1", "o/r", "p", "");
+    assert_eq!(
+        app.call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.as_bytes())
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.call("DELETE", &format!("/api/tokens/{id}"), Some(ADMIN), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let after = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        after.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    assert_eq!(
+        app.call("DELETE", &format!("/api/tokens/{id}"), Some(ADMIN), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages() {
+    let app = test_app(None).await;
+    let token = app.runner_token("p").await;
+    for i in 1..=5 {
+        let repo = if i % 2 == 0 { "o/even" } else { "o/odd" };
+        let body = seed_hook_body(&format!("job{i}"), &i.to_string(), repo, "p", "");
+        app.call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.as_bytes()),
+        )
+        .await;
+    }
+    app.call_with("POST", "/api/jobs/job1/complete", Some(&token), None, None)
+        .await;
+
+    let all = app.call("GET", "/api/jobs", Some(ADMIN), None).await;
+    assert_eq!(all.body["jobs"].as_array().unwrap().len(), 5);
+    let page = app
+        .call("GET", "/api/jobs?limit=2", Some(ADMIN), None)
+        .await;
+    assert_eq!(page.body["jobs"].as_array().unwrap().len(), 2);
+    let next = page.body["nextAfter"].as_str().unwrap();
+    let page2 = app
+        .call(
+            "GET",
+            &format!("/api/jobs?limit=2&after={next}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(page2.body["jobs"][0]["jobId"], "job3");
+    let even = app
+        .call("GET", "/api/jobs?repository=o/even", Some(ADMIN), None)
+        .await;
+    assert_eq!(even.body["jobs"].as_array().unwrap().len(), 2);
+    let done = app
+        .call("GET", "/api/jobs?status=completed", Some(ADMIN), None)
+        .await;
+    assert_eq!(done.body["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(done.body["jobs"][0]["jobId"], "job1");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = test_app(None).await;
+    let h = app.call("GET", "/healthz", None, None).await;
+    assert_eq!(h.status, StatusCode::OK);
+    let r = app.call("GET", "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["checks"]["store"]["ok"], true);
+    let token = app.runner_token("p").await;
+    let body = seed_hook_body("build", "1", "o/r", "p", "");
+    app.call(
+        "POST",
+        "/api/jobs/delegate",
+        Some(&token),
+        Some(body.as_bytes()),
+    )
+    .await;
+    app.call("POST", "/api/jobs/delegate", Some(&token), Some(b"{"))
+        .await;
+    let m = app.call("GET", "/metrics", None, None).await;
+    assert_eq!(m.status, StatusCode::OK);
+    for name in [
+        "proxy_runner_delegations_received_total",
+        "proxy_runner_delegations_succeeded_total",
+        "proxy_runner_delegations_failed_total{reason=\"bad_json\"}",
+        "proxy_runner_time_to_delegate_seconds_bucket",
+    ] {
+        assert!(m.text.contains(name), "{name} missing from:\n{}", m.text);
+    }
+}
