@@ -1,1 +1,169 @@
-fn main() {}
+//! `proxy-runner`: one binary for the orchestrator and its tools.
+
+mod client;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use proxy_runner_orchestrator::config::{BackendKind, Config, Overrides, ProcessEnv};
+
+#[derive(Parser)]
+#[command(
+    name = "proxy-runner",
+    version,
+    about = "Runs every GitHub Actions job in a fresh, hardened, ephemeral container"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the orchestrator (HTTP API, job store, provisioning).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long, value_parser = parse_backend)]
+        backend: Option<BackendKind>,
+    },
+    /// Manage per-runner orchestrator tokens (needs ORCHESTRATOR_URL and PROXY_RUNNER_ADMIN_TOKEN).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Read jobs (needs ORCHESTRATOR_URL and PROXY_RUNNER_ADMIN_TOKEN).
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Inspect configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token for a runner; prints only the token.
+    Create {
+        #[arg(long)]
+        runner: String,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List jobs, oldest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        repository: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (secrets masked) or the first error.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    s.parse()
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            db,
+            backend,
+        } => {
+            serve::init_logging();
+            let flags = Overrides {
+                listen,
+                database: db,
+                backend,
+            };
+            let config = Config::load(config.as_deref(), &ProcessEnv, &flags)?;
+            serve::serve(config).await
+        }
+        Command::Token { command } => {
+            let c = client::Client::from_env()?;
+            match command {
+                TokenCommand::Create { runner } => println!("{}", c.create_token(&runner).await?),
+                TokenCommand::Revoke { id } => {
+                    c.revoke_token(&id).await?;
+                    println!("revoked {id}");
+                }
+            }
+            Ok(())
+        }
+        Command::Jobs { command } => {
+            let c = client::Client::from_env()?;
+            match command {
+                JobsCommand::List {
+                    status,
+                    repository,
+                    limit,
+                    json,
+                } => {
+                    c.list_jobs(status.as_deref(), repository.as_deref(), limit, json)
+                        .await
+                }
+                JobsCommand::Show { id, json } => c.show_job(&id, json).await,
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            let config = Config::load(config.as_deref(), &ProcessEnv, &Overrides::default())?;
+            print!("{}", config.to_masked_toml());
+            Ok(())
+        }
+    }
+}

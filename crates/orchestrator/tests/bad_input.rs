@@ -19,7 +19,16 @@ struct Case {
     mentions: &'static str,
 }
 
-fn case(name: &'static str, method: &'static str, uri: &str, token: Option<&str>, body: Option<&[u8]>, status: u16, code: &'static str, mentions: &'static str) -> Case {
+fn case(
+    name: &'static str,
+    method: &'static str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+    status: u16,
+    code: &'static str,
+    mentions: &'static str,
+) -> Case {
     Case {
         name,
         method,
@@ -95,13 +104,30 @@ async fn every_endpoint_rejects_bad_input_cleanly() {
         case("wrong method", "PUT", "/api/tokens", Some(ADMIN), None, 405, "method_not_allowed", "not allowed"),
         case("scheme not bearer", "GET", "/api/jobs", None, None, 401, "unauthorized", "Authorization"),
     ];
-    let mut xml = case("delegate as XML", "POST", "/api/jobs/delegate", Some(r), Some(b"<job/>"), 415, "unsupported_media_type", "not JSON");
+    let mut xml = case(
+        "delegate as XML",
+        "POST",
+        "/api/jobs/delegate",
+        Some(r),
+        Some(b"<job/>"),
+        415,
+        "unsupported_media_type",
+        "not JSON",
+    );
     xml.content_type = Some("application/xml");
     cases.push(xml);
 
     let mut failures = Vec::new();
     for c in &cases {
-        let reply = app.call_with(c.method, &c.uri, c.token.as_deref(), c.body.as_deref(), c.content_type).await;
+        let reply = app
+            .call_with(
+                c.method,
+                &c.uri,
+                c.token.as_deref(),
+                c.body.as_deref(),
+                c.content_type,
+            )
+            .await;
         let code = reply.body["error"]["code"].as_str().unwrap_or("<none>");
         let message = reply.body["error"]["message"].as_str().unwrap_or("");
         if reply.status.as_u16() != c.status || code != c.code || !message.contains(c.mentions) {
@@ -110,19 +136,32 @@ async fn every_endpoint_rejects_bad_input_cleanly() {
                 c.name, reply.status, c.status, c.code, c.mentions
             ));
         }
-        assert!(!reply.status.is_server_error(), "{}: {}", c.name, reply.text);
+        assert!(
+            !reply.status.is_server_error(),
+            "{}: {}",
+            c.name,
+            reply.text
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(app.store.list_jobs(&Default::default()).await.unwrap().is_empty(), "a rejected request stored a job");
+    assert!(
+        app.store
+            .list_jobs(&Default::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "a rejected request stored a job"
+    );
 
     // A Basic scheme is refused too.
-    let basic = app
-        .router
-        .clone();
+    let basic = app.router.clone();
     use tower::ServiceExt;
     let req = axum::http::Request::get("/api/jobs")
         .header("authorization", "Basic YWRtaW46eA==")
         .body(axum::body::Body::empty())
         .unwrap();
-    assert_eq!(basic.oneshot(req).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        basic.oneshot(req).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
