@@ -136,6 +136,19 @@ pub trait JobStore: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Forgets a delivery whose processing failed, so a redelivery is handled.
+    async fn forget_delivery(&self, delivery_id: &str) -> Result<(), StoreError>;
+
+    /// A hook-delegated job of `runner_name` for this run attempt that no
+    /// GitHub job id is linked to yet (to join webhook events to it).
+    async fn find_unlinked_hook_job(
+        &self,
+        runner_name: &str,
+        repository: &str,
+        run_id: u64,
+        run_attempt: u32,
+    ) -> Result<Option<Job>, StoreError>;
+
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

@@ -368,6 +368,41 @@ impl JobStore for SqliteStore {
         Ok(n == 1)
     }
 
+    async fn forget_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM webhook_deliveries WHERE delivery_id = ?")
+            .bind(delivery_id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn find_unlinked_hook_job(
+        &self,
+        runner_name: &str,
+        repository: &str,
+        run_id: u64,
+        run_attempt: u32,
+    ) -> Result<Option<Job>, StoreError> {
+        sqlx::query(
+            "SELECT data FROM jobs
+             WHERE runner_name = ? AND repository = ? AND github_job_id IS NULL
+               AND json_extract(data, '$.source') = 'hook'
+               AND json_extract(data, '$.runId') = ? AND json_extract(data, '$.runAttempt') = ?
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(runner_name)
+        .bind(repository)
+        .bind(i64_id(run_id)?)
+        .bind(i64::from(run_attempt))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

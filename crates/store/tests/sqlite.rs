@@ -272,6 +272,60 @@ async fn tokens_audit_and_deliveries() {
             .await
             .unwrap()
     );
+    store.forget_delivery("d-1").await.unwrap();
+    assert!(
+        store
+            .record_delivery("d-1", "workflow_job", t(2))
+            .await
+            .unwrap(),
+        "forgotten deliveries count as new"
+    );
+}
+
+#[tokio::test]
+async fn hook_jobs_are_found_for_linking_until_linked() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let mut job = hook_job("o/r", "build", "proxy-1", 42);
+    store.insert_job(&job).await.unwrap();
+    let found = store
+        .find_unlinked_hook_job("proxy-1", "O/R", 42, 1)
+        .await
+        .unwrap();
+    assert_eq!(found.map(|j| j.id), Some(job.id));
+    assert!(
+        store
+            .find_unlinked_hook_job("proxy-1", "o/r", 42, 2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .find_unlinked_hook_job("proxy-2", "o/r", 42, 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .find_unlinked_hook_job("proxy-1", "o/r", 43, 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    job.github_job_id = Some(555);
+    assert!(store.update_job(&job, JobStatus::Queued).await.unwrap());
+    assert!(
+        store
+            .find_unlinked_hook_job("proxy-1", "o/r", 42, 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.find_by_github_job_id(555).await.unwrap().unwrap().id,
+        job.id
+    );
 }
 
 #[tokio::test]
