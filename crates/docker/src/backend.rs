@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerCreateBody, EventMessage, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, ListContainersOptions, LogsOptions,
+    CreateContainerOptions, EventsOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
     RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::{BollardRequest, ClientVersion, Docker};
@@ -353,6 +353,50 @@ impl DockerBackend {
         }
     }
 
+    /// Leaves one network named `name`: the one with the smallest id, so
+    /// that every client racing here picks the same. Copies with containers
+    /// attached stay until a later call.
+    async fn deduplicate_network(&self, name: &str) -> Result<(), BackendError> {
+        let docker = self.client().await?;
+        let networks = docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(HashMap::from([(
+                    "name".to_string(),
+                    vec![name.to_string()],
+                )])),
+            }))
+            .await
+            .map_err(engine_error)?;
+        let mut same_name: Vec<(String, Option<HashMap<String, String>>)> = networks
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| Some((n.id?, n.labels)))
+            .collect();
+        same_name.sort_by(|a, b| a.0.cmp(&b.0));
+        let Some((_, winner_labels)) = same_name.first() else {
+            return Err(BackendError::Other(format!(
+                "network {name:?} vanished while being created"
+            )));
+        };
+        check_existing_network(name, winner_labels.as_ref())?;
+        for (id, labels) in same_name.iter().skip(1) {
+            if !labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(labels::INSTANCE))
+            {
+                continue;
+            }
+            let attached = match docker.inspect_network(id, None).await {
+                Ok(n) => n.containers.is_some_and(|c| !c.is_empty()),
+                Err(_) => continue,
+            };
+            if !attached && docker.remove_network(id).await.is_ok() {
+                tracing::info!(network = %name, id = %id, "duplicate network removed");
+            }
+        }
+        Ok(())
+    }
+
     fn is_ours(&self, network_labels: Option<&HashMap<String, String>>) -> bool {
         let Some(value) = network_labels.and_then(|l| l.get(labels::INSTANCE)) else {
             return false;
@@ -385,6 +429,7 @@ impl ContainerBackend for DockerBackend {
         match docker.inspect_network(&spec.name, None).await {
             Ok(existing) => return check_existing_network(&spec.name, existing.labels.as_ref()),
             Err(err) if is_not_found(&err) => {}
+            Err(err) if is_ambiguous(&err) => return self.deduplicate_network(&spec.name).await,
             Err(err) => return Err(engine_error(err)),
         }
         let request = NetworkCreateRequest {
@@ -401,19 +446,15 @@ impl ContainerBackend for DockerBackend {
             ..Default::default()
         };
         match docker.create_network(request).await {
-            Ok(_) => {
-                tracing::info!(network = %spec.name, "network created");
-                Ok(())
-            }
+            Ok(_) => tracing::info!(network = %spec.name, "network created"),
             // Someone else created it between our inspect and create.
             Err(EngineError::DockerResponseServerError {
                 status_code: 409, ..
-            }) => match docker.inspect_network(&spec.name, None).await {
-                Ok(existing) => check_existing_network(&spec.name, existing.labels.as_ref()),
-                Err(err) => Err(engine_error(err)),
-            },
-            Err(err) => Err(engine_error(err)),
+            }) => {}
+            Err(err) => return Err(engine_error(err)),
         }
+        // The engine's duplicate check is racy across clients: converge on one.
+        self.deduplicate_network(&spec.name).await
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<StartedContainer, BackendError> {
@@ -547,6 +588,15 @@ impl ContainerBackend for DockerBackend {
         })
         .boxed()
     }
+}
+
+/// Whether the engine found several objects matching a name.
+fn is_ambiguous(err: &EngineError) -> bool {
+    matches!(
+        err,
+        EngineError::DockerResponseServerError { status_code: 400, message }
+            if message.contains("ambiguous")
+    )
 }
 
 /// A network of that name exists: fine if it is ours, refused otherwise (a
