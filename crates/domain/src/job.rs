@@ -234,6 +234,7 @@ impl NewJob {
             status: JobStatus::Queued,
             container_id: None,
             runner_id: None,
+            provisioned_runner_id: None,
             github_job_id: self.github_job_id,
             source: self.source,
             attempts: 0,
@@ -268,8 +269,12 @@ pub struct Job {
     pub needs: Vec<String>,
     pub status: JobStatus,
     pub container_id: Option<String>,
-    /// GitHub's id of the runner that took (or was registered for) the job.
+    /// GitHub's id of the runner that took the job.
     pub runner_id: Option<u64>,
+    /// GitHub's id of the ephemeral runner registered for this job's own
+    /// container (which may end up running another job with the same labels).
+    #[serde(default)]
+    pub provisioned_runner_id: Option<u64>,
     pub github_job_id: Option<u64>,
     pub source: JobSource,
     /// How many times provisioning was started.

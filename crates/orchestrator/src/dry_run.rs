@@ -34,6 +34,8 @@ pub struct DryRunBackend {
     calls: Mutex<Vec<DryRunCall>>,
     live: Mutex<Vec<ContainerInfo>>,
     events: broadcast::Sender<ContainerEvent>,
+    unreachable: std::sync::atomic::AtomicBool,
+    missing_images: Mutex<Vec<String>>,
 }
 
 impl Default for DryRunBackend {
@@ -42,6 +44,8 @@ impl Default for DryRunBackend {
             calls: Mutex::new(Vec::new()),
             live: Mutex::new(Vec::new()),
             events: broadcast::channel(1024).0,
+            unreachable: std::sync::atomic::AtomicBool::new(false),
+            missing_images: Mutex::new(Vec::new()),
         }
     }
 }
@@ -53,6 +57,35 @@ impl DryRunBackend {
 
     pub fn calls(&self) -> Vec<DryRunCall> {
         self.calls.lock().expect("lock").clone()
+    }
+
+    /// Makes the pretend engine unreachable (or reachable again).
+    pub fn set_unreachable(&self, down: bool) {
+        self.unreachable
+            .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes `start` fail for this image as a real engine without it would.
+    pub fn forget_image(&self, image: &str) {
+        self.missing_images
+            .lock()
+            .expect("lock")
+            .push(image.to_string());
+    }
+
+    fn check_reachable(&self) -> Result<(), BackendError> {
+        if self.unreachable.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(BackendError::DaemonUnreachable(
+                "dry-run engine set unreachable".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Containers currently "running".
+    pub fn live(&self) -> Vec<ContainerInfo> {
+        self.live.lock().expect("lock").clone()
     }
 
     fn record(&self, call: DryRunCall) {
@@ -88,15 +121,27 @@ impl ContainerBackend for DryRunBackend {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        Ok(())
+        self.check_reachable()
     }
 
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<(), BackendError> {
+        self.check_reachable()?;
         self.record(DryRunCall::EnsureNetwork(spec.name.clone()));
         Ok(())
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<StartedContainer, BackendError> {
+        self.check_reachable()?;
+        if self
+            .missing_images
+            .lock()
+            .expect("lock")
+            .contains(&spec.image)
+        {
+            return Err(BackendError::ImageMissing {
+                image: spec.image.clone(),
+            });
+        }
         let mut live = self.live.lock().expect("lock");
         if live.iter().any(|c| c.name == spec.name) {
             return Err(BackendError::NameConflict(spec.name.clone()));
@@ -153,6 +198,7 @@ impl ContainerBackend for DryRunBackend {
     }
 
     async fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, BackendError> {
+        self.check_reachable()?;
         Ok(self
             .live
             .lock()

@@ -3,12 +3,14 @@
 
 pub mod api;
 pub mod auth;
+pub mod autoscaler;
 pub mod config;
 pub mod dry_run;
 pub mod error;
 pub mod metrics;
 pub mod requests;
 pub mod service;
+pub mod webhook;
 
 pub use api::{AppState, app};
 pub use service::Orchestrator;

@@ -1,0 +1,915 @@
+//! The autoscaling path: for each queued job we serve (from a webhook or the
+//! poller), mint runner credentials, ensure the repository's network and
+//! start one ephemeral runner container; follow GitHub's events and the
+//! container's exit to the end; clean up runner registrations and networks.
+//!
+//! Scheduling decisions are the domain's pure functions; this module does
+//! the IO around them through the ports.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use proxy_runner_domain::labels::LabelSet;
+use proxy_runner_domain::names::{container_name, network_name, runner_name};
+use proxy_runner_domain::ports::{
+    BackendError, Clock, ContainerBackend, ContainerEvent, ContainerSpec, EnvVar, GitHubError,
+    Hardening, JitRequest, JobFilter, JobStore, NetworkSpec, RunnerRegistry, Scope, StoreError,
+    WorkflowJobInfo, labels as label_keys,
+};
+use proxy_runner_domain::schedule::{Caps, Waiting, pick_jobs_to_start, retry_delay};
+use proxy_runner_domain::{Job, JobSource, JobStatus, NewJob, conclusion_to_status};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::Registration;
+use crate::metrics as m;
+
+/// The environment variable the runner image reads its JIT config from.
+pub const JITCONFIG_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
+
+/// A configured label set with its own image and hardening.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub labels: LabelSet,
+    pub image: Option<String>,
+    pub hardening: Option<Hardening>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AutoscaleConfig {
+    pub instance: String,
+    pub image: String,
+    pub network_prefix: String,
+    pub caps: Caps,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub registration: Registration,
+    pub runner_group_id: u64,
+    /// Web base for `GITHUB_URL` (`https://github.com`).
+    pub web_url: String,
+    /// Register runners at this organization instead of each repository.
+    pub organization: Option<String>,
+    /// Configured pools; empty: every job asking for `self-hosted`.
+    pub pools: Vec<Pool>,
+    pub hardening: Hardening,
+    /// A runner that has not taken a job after this long is stopped.
+    pub idle_timeout: Duration,
+    pub tick: Duration,
+    pub reconcile_every: Duration,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        AutoscaleConfig {
+            instance: "default".into(),
+            image: "github-runner:latest".into(),
+            network_prefix: "proxy-runner".into(),
+            caps: Caps {
+                global: 10,
+                per_repository: 5,
+            },
+            max_attempts: 5,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(120),
+            registration: Registration::Jit,
+            runner_group_id: 1,
+            web_url: "https://github.com".into(),
+            organization: None,
+            pools: Vec::new(),
+            hardening: Hardening::default(),
+            idle_timeout: Duration::from_secs(600),
+            tick: Duration::from_millis(500),
+            reconcile_every: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What became of a GitHub job event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    Created(Uuid),
+    Updated(Uuid),
+    Unchanged(Uuid),
+    /// Not for us (labels we do not serve, or an action we wait out).
+    Ignored(&'static str),
+}
+
+/// The GitHub job actions the autoscaler acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobAction {
+    Queued,
+    Waiting,
+    InProgress,
+    Completed,
+}
+
+pub struct Autoscaler {
+    store: Arc<dyn JobStore>,
+    backend: Arc<dyn ContainerBackend>,
+    registry: Arc<dyn RunnerRegistry>,
+    clock: Arc<dyn Clock>,
+    config: AutoscaleConfig,
+    wake: Notify,
+    /// Jobs whose provisioning is under way, by repository (lower-case):
+    /// counted against the caps before their container shows up.
+    in_flight: Mutex<HashMap<Uuid, String>>,
+}
+
+fn store_err(e: StoreError) -> String {
+    e.to_string()
+}
+
+impl Autoscaler {
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        backend: Arc<dyn ContainerBackend>,
+        registry: Arc<dyn RunnerRegistry>,
+        clock: Arc<dyn Clock>,
+        config: AutoscaleConfig,
+    ) -> Self {
+        Autoscaler {
+            store,
+            backend,
+            registry,
+            clock,
+            config,
+            wake: Notify::new(),
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &AutoscaleConfig {
+        &self.config
+    }
+
+    /// The pool serving `job_labels`, or `None` when the job is not ours.
+    /// Without configured pools every job asking for `self-hosted` is ours.
+    pub fn pool_for(&self, job_labels: &[String]) -> Option<Option<&Pool>> {
+        if job_labels.is_empty() {
+            return None;
+        }
+        if self.config.pools.is_empty() {
+            return job_labels
+                .iter()
+                .any(|l| l.eq_ignore_ascii_case("self-hosted"))
+                .then_some(None);
+        }
+        self.config
+            .pools
+            .iter()
+            .find(|p| p.labels.serves(job_labels))
+            .map(Some)
+    }
+
+    fn scope_for(&self, repository: &str) -> Option<Scope> {
+        match &self.config.organization {
+            Some(org) => Some(Scope::Organization { org: org.clone() }),
+            None => Scope::repository(repository),
+        }
+    }
+
+    async fn save(&self, job: &Job, expected: JobStatus) -> Result<bool, String> {
+        self.store
+            .update_job(job, expected)
+            .await
+            .map_err(store_err)
+    }
+
+    // ------------------------------------------------------------ GitHub events
+
+    /// Feeds one GitHub job event (webhook or poll) into the job store.
+    pub async fn ingest(
+        &self,
+        action: JobAction,
+        info: &WorkflowJobInfo,
+        source: JobSource,
+    ) -> Result<Ingested, String> {
+        let now = self.clock.now();
+        let existing = self
+            .store
+            .find_by_github_job_id(info.id)
+            .await
+            .map_err(store_err)?;
+        let existing = match existing {
+            Some(j) => Some(j),
+            // A proxy runner's hook may have delegated this job already.
+            None => match &info.runner_name {
+                Some(runner) if matches!(action, JobAction::InProgress | JobAction::Completed) => {
+                    match self
+                        .store
+                        .find_unlinked_hook_job(
+                            runner,
+                            &info.repository,
+                            info.run_id,
+                            info.run_attempt,
+                        )
+                        .await
+                        .map_err(store_err)?
+                    {
+                        Some(mut hook_job) => {
+                            let expected = hook_job.status;
+                            hook_job.github_job_id = Some(info.id);
+                            hook_job.runner_id = info.runner_id.or(hook_job.runner_id);
+                            hook_job.updated_at = now;
+                            self.save(&hook_job, expected).await?;
+                            Some(hook_job)
+                        }
+                        None => None,
+                    }
+                }
+                _ => None,
+            },
+        };
+
+        let Some(mut job) = existing else {
+            if self.pool_for(&info.labels).is_none() {
+                metrics::counter!(m::WEBHOOKS, "outcome" => "not_ours").increment(1);
+                return Ok(Ingested::Ignored("labels not served"));
+            }
+            return match action {
+                JobAction::Waiting => Ok(Ingested::Ignored(
+                    "waiting for approval; provisioned once queued",
+                )),
+                JobAction::Queued | JobAction::InProgress | JobAction::Completed => {
+                    let mut job = NewJob {
+                        job_key: info.name.clone(),
+                        run_id: info.run_id,
+                        run_attempt: info.run_attempt.max(1),
+                        repository: info.repository.clone(),
+                        workflow: info.workflow_name.clone(),
+                        runner_name: None,
+                        labels: info.labels.clone(),
+                        environment: BTreeMap::new(),
+                        matrix: None,
+                        needs: Vec::new(),
+                        github_job_id: Some(info.id),
+                        source,
+                    }
+                    .into_job(Uuid::now_v7(), now);
+                    // We learned of it late: record what GitHub says now.
+                    self.apply_github_state(&mut job, action, info, now).await;
+                    let inserted = self.store.insert_job(&job).await.map_err(store_err)?;
+                    let id = inserted.job().id;
+                    if inserted.is_new() {
+                        tracing::info!(job = %id, github_job = info.id, repository = %info.repository, labels = ?info.labels, ?source, "job recorded");
+                        self.audit("github", "job.queued", Some(id), serde_json::json!({
+                            "githubJobId": info.id, "repository": info.repository, "labels": info.labels, "source": source,
+                        })).await;
+                        self.wake.notify_one();
+                        Ok(Ingested::Created(id))
+                    } else {
+                        Ok(Ingested::Unchanged(id))
+                    }
+                }
+            };
+        };
+
+        let before = job.clone();
+        self.apply_github_state(&mut job, action, info, now).await;
+        if job == before {
+            return Ok(Ingested::Unchanged(job.id));
+        }
+        if self.save(&job, before.status).await? {
+            if job.status != before.status {
+                metrics::counter!(m::JOB_TRANSITIONS, "to" => job.status.as_str()).increment(1);
+                self.audit(
+                    "github",
+                    &format!("job.{}", job.status),
+                    Some(job.id),
+                    serde_json::json!({"githubJobId": info.id, "runnerName": job.runner_name, "conclusion": job.conclusion}),
+                )
+                .await;
+            }
+            if job.status.is_terminal() && !before.status.is_terminal() {
+                self.after_github_finished(&before, &job).await;
+            }
+            Ok(Ingested::Updated(job.id))
+        } else {
+            // Someone else moved it; the next event or reconcile settles it.
+            Ok(Ingested::Unchanged(job.id))
+        }
+    }
+
+    /// Applies what GitHub says about the job to our record (in memory).
+    async fn apply_github_state(
+        &self,
+        job: &mut Job,
+        action: JobAction,
+        info: &WorkflowJobInfo,
+        now: DateTime<Utc>,
+    ) {
+        match action {
+            JobAction::Queued | JobAction::Waiting => {}
+            JobAction::InProgress => {
+                self.link_runner(job, info).await;
+                if job.status.can_transition_to(JobStatus::Running) {
+                    let _ = job.transition(JobStatus::Running, now);
+                }
+            }
+            JobAction::Completed => {
+                self.link_runner(job, info).await;
+                let target = conclusion_to_status(info.conclusion.as_deref());
+                if job.status.can_transition_to(target) {
+                    let _ = job.transition(target, now);
+                    job.conclusion = info.conclusion.clone();
+                }
+            }
+        }
+    }
+
+    /// Records which runner took the job. A runner we started for job X may
+    /// take job J with the same labels: J then records X's container.
+    async fn link_runner(&self, job: &mut Job, info: &WorkflowJobInfo) {
+        if let Some(name) = &info.runner_name {
+            job.runner_name = Some(name.clone());
+            job.runner_id = info.runner_id.or(job.runner_id);
+            if let Some(owner) = name
+                .strip_prefix("ephemeral-")
+                .and_then(|s| Uuid::parse_str(s).ok())
+                && owner != job.id
+                && let Ok(Some(owner_job)) = self.store.get_job(owner).await
+                && owner_job.container_id.is_some()
+            {
+                job.container_id = owner_job.container_id.clone();
+            }
+        }
+    }
+
+    /// GitHub finished (or cancelled) a job: if its own container never took
+    /// a job, stop it and deregister its runner.
+    async fn after_github_finished(&self, before: &Job, job: &Job) {
+        if before.status == JobStatus::Provisioning
+            && let Some(container) = &before.container_id
+        {
+            tracing::info!(job = %job.id, container = %container, "job finished elsewhere; stopping its idle runner");
+            if let Err(e) = self.backend.stop(container, Duration::from_secs(10)).await
+                && !matches!(e, BackendError::NotFound(_))
+            {
+                tracing::warn!(job = %job.id, error = %e, "cannot stop idle runner container");
+            }
+        }
+    }
+
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        job_id: Option<Uuid>,
+        detail: serde_json::Value,
+    ) {
+        let event = proxy_runner_domain::ports::AuditEvent {
+            at: self.clock.now(),
+            actor: actor.into(),
+            action: action.into(),
+            job_id,
+            detail,
+        };
+        if let Err(e) = self.store.append_audit(&event).await {
+            tracing::error!(error = %e, action, "audit write failed");
+        }
+    }
+
+    // ------------------------------------------------------------ provisioning
+
+    /// Live containers per repository (lower-case), counting in-flight starts.
+    async fn live_counts(&self) -> Result<BTreeMap<String, usize>, BackendError> {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let containers = self.backend.list(&self.config.instance).await?;
+        let in_flight = self.in_flight.lock().expect("lock").clone();
+        for c in containers.iter().filter(|c| c.running) {
+            let job = c
+                .labels
+                .get(label_keys::JOB_ID)
+                .and_then(|s| Uuid::parse_str(s).ok());
+            if job.is_some_and(|j| in_flight.contains_key(&j)) {
+                continue;
+            }
+            if let Some(repo) = c.labels.get(label_keys::REPOSITORY) {
+                *counts.entry(repo.to_ascii_lowercase()).or_default() += 1;
+            }
+        }
+        for repo in in_flight.values() {
+            *counts.entry(repo.clone()).or_default() += 1;
+        }
+        metrics::gauge!(m::LIVE_CONTAINERS).set(counts.values().sum::<usize>() as f64);
+        Ok(counts)
+    }
+
+    /// One scheduling round: starts as many queued jobs as the caps allow.
+    /// Returns the ids whose provisioning was started.
+    pub async fn tick(self: &Arc<Self>) -> Result<Vec<Uuid>, String> {
+        if let Err(e) = self.backend.ping().await {
+            metrics::gauge!(m::BACKEND_UP).set(0.0);
+            return Err(format!("container engine not ready; jobs wait: {e}"));
+        }
+        metrics::gauge!(m::BACKEND_UP).set(1.0);
+        let mut queued = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_jobs(&JobFilter {
+                    status: Some(JobStatus::Queued),
+                    repository: None,
+                    after,
+                    limit: 500,
+                })
+                .await
+                .map_err(store_err)?;
+            let done = page.len() < 500;
+            after = page.last().map(|j| j.id);
+            queued.extend(page.into_iter().filter(|j| j.source != JobSource::Hook));
+            if done {
+                break;
+            }
+        }
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
+        let live = self.live_counts().await.map_err(|e| e.to_string())?;
+        let waiting: Vec<Waiting> = queued
+            .iter()
+            .filter(|j| !self.in_flight.lock().expect("lock").contains_key(&j.id))
+            .map(|j| Waiting {
+                id: j.id,
+                repository: j.repository.clone(),
+                created_at: j.created_at,
+                not_before: j.not_before,
+            })
+            .collect();
+        let picked = pick_jobs_to_start(&waiting, &live, self.config.caps, self.clock.now());
+        let mut started = Vec::new();
+        for id in picked {
+            let Some(mut job) = queued.iter().find(|j| j.id == id).cloned() else {
+                continue;
+            };
+            let now = self.clock.now();
+            if job.transition(JobStatus::Provisioning, now).is_err() {
+                continue;
+            }
+            job.attempts += 1;
+            job.not_before = None;
+            if !self.save(&job, JobStatus::Queued).await? {
+                continue;
+            }
+            self.in_flight
+                .lock()
+                .expect("lock")
+                .insert(job.id, job.repository.to_ascii_lowercase());
+            started.push(job.id);
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                let id = job.id;
+                this.provision(job).await;
+                this.in_flight.lock().expect("lock").remove(&id);
+            });
+        }
+        Ok(started)
+    }
+
+    /// Mints credentials, ensures the network, starts the container.
+    async fn provision(&self, mut job: Job) {
+        let started = std::time::Instant::now();
+        match self.try_provision(&mut job).await {
+            Ok(container_id) => {
+                metrics::histogram!(m::PROVISION_DURATION).record(started.elapsed().as_secs_f64());
+                let waited = (self.clock.now() - job.created_at)
+                    .num_milliseconds()
+                    .max(0) as f64
+                    / 1000.0;
+                metrics::histogram!(m::QUEUE_TO_START).record(waited);
+                tracing::info!(job = %job.id, container = %container_id, attempt = job.attempts, "runner container started");
+                self.audit(
+                    "orchestrator",
+                    "container.started",
+                    Some(job.id),
+                    serde_json::json!({
+                        "container": container_name(job.id), "containerId": container_id,
+                        "runnerName": runner_name(job.id), "attempt": job.attempts,
+                    }),
+                )
+                .await;
+            }
+            Err(failure) => self.provisioning_failed(job, failure).await,
+        }
+    }
+
+    async fn try_provision(&self, job: &mut Job) -> Result<String, Failure> {
+        let scope = self.scope_for(&job.repository).ok_or_else(|| {
+            Failure::fatal(format!("repository {:?} is not owner/name", job.repository))
+        })?;
+        let pool = self.pool_for(&job.labels).flatten().cloned();
+        let mut runner_labels =
+            LabelSet::parse_list(["ephemeral", "container"]).expect("static labels");
+        runner_labels.extend(job.labels.iter().map(String::as_str));
+        let name = runner_name(job.id);
+
+        let credential = match self.config.registration {
+            Registration::Jit => {
+                let request = JitRequest {
+                    name: name.clone(),
+                    labels: runner_labels.as_slice().to_vec(),
+                    runner_group_id: self.config.runner_group_id,
+                    work_folder: "_work".into(),
+                };
+                let jit = match self.registry.generate_jit_config(&scope, &request).await {
+                    Err(GitHubError::Conflict(_)) => {
+                        // A runner of an earlier attempt still holds the name.
+                        self.delete_runner_named(&scope, &name).await;
+                        self.registry.generate_jit_config(&scope, &request).await
+                    }
+                    other => other,
+                }
+                .map_err(Failure::github)?;
+                job.provisioned_runner_id = Some(jit.runner_id);
+                EnvVar::secret(JITCONFIG_ENV, jit.encoded_jit_config)
+            }
+            Registration::RegistrationToken => {
+                let token = self
+                    .registry
+                    .create_registration_token(&scope)
+                    .await
+                    .map_err(Failure::github)?;
+                EnvVar::secret("RUNNER_TOKEN", token.token)
+            }
+        };
+
+        let network = network_name(&self.config.network_prefix, &job.repository);
+        let labels = BTreeMap::from([
+            (label_keys::JOB_ID.to_string(), job.id.to_string()),
+            (
+                label_keys::REPOSITORY.to_string(),
+                job.repository.to_ascii_lowercase(),
+            ),
+            (
+                label_keys::INSTANCE.to_string(),
+                self.config.instance.clone(),
+            ),
+        ]);
+        self.backend
+            .ensure_network(&NetworkSpec {
+                name: network.clone(),
+                labels: labels
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != label_keys::JOB_ID)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .await
+            .map_err(Failure::backend)?;
+        let spec = ContainerSpec {
+            name: container_name(job.id),
+            image: pool
+                .as_ref()
+                .and_then(|p| p.image.clone())
+                .unwrap_or_else(|| self.config.image.clone()),
+            env: vec![
+                EnvVar::plain("RUNNER_NAME", name.clone()),
+                EnvVar::plain("RUNNER_LABELS", runner_labels.as_slice().join(",")),
+                EnvVar::plain("GITHUB_URL", scope.runner_url(&self.config.web_url)),
+                EnvVar::plain("JOB_ID", job.job_key.clone()),
+                EnvVar::plain("RUN_ID", job.run_id.to_string()),
+                credential,
+            ],
+            command: None,
+            labels,
+            network,
+            hardening: pool
+                .and_then(|p| p.hardening)
+                .unwrap_or_else(|| self.config.hardening.clone()),
+            auto_remove: true,
+        };
+        let started = match self.backend.start(&spec).await {
+            Err(BackendError::NameConflict(_)) => {
+                // A container of an earlier attempt is still there: replace it.
+                if let Some(old) = &job.container_id {
+                    let _ = self.backend.stop(old, Duration::from_secs(5)).await;
+                }
+                self.backend.start(&spec).await
+            }
+            other => other,
+        };
+        let started = match started {
+            Ok(s) => s,
+            Err(e) => {
+                self.deregister(job).await;
+                return Err(Failure::backend(e));
+            }
+        };
+        job.container_id = Some(started.id.clone());
+        job.runner_name.get_or_insert(name);
+        job.last_error = None;
+        job.updated_at = self.clock.now();
+        match self.save(job, JobStatus::Provisioning).await {
+            Ok(true) => {}
+            // GitHub settled the job meanwhile (e.g. cancelled): keep the
+            // container record on the job so the exit event cleans up.
+            Ok(false) => {
+                if let Ok(Some(mut current)) = self.store.get_job(job.id).await {
+                    let expected = current.status;
+                    current.container_id = Some(started.id.clone());
+                    current.provisioned_runner_id = job.provisioned_runner_id;
+                    let _ = self.save(&current, expected).await;
+                    if current.status.is_terminal() {
+                        let _ = self.backend.stop(&started.id, Duration::from_secs(5)).await;
+                    }
+                }
+            }
+            Err(e) => tracing::error!(job = %job.id, error = %e, "cannot record started container"),
+        }
+        Ok(started.id)
+    }
+
+    async fn delete_runner_named(&self, scope: &Scope, name: &str) {
+        if let Ok(runners) = self.registry.list_runners(scope).await {
+            for r in runners.into_iter().filter(|r| r.name == name) {
+                let _ = self.registry.delete_runner(scope, r.id).await;
+            }
+        }
+    }
+
+    /// Deletes the runner registered for the job's own container, if GitHub
+    /// still has it (an ephemeral runner that ran its job is already gone).
+    async fn deregister(&self, job: &Job) {
+        let (Some(runner_id), Some(scope)) =
+            (job.provisioned_runner_id, self.scope_for(&job.repository))
+        else {
+            return;
+        };
+        match self.registry.delete_runner(&scope, runner_id).await {
+            Ok(()) => tracing::info!(job = %job.id, runner_id, "runner deregistered"),
+            Err(GitHubError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(job = %job.id, runner_id, error = %e, "cannot deregister runner")
+            }
+        }
+    }
+
+    async fn provisioning_failed(&self, mut job: Job, failure: Failure) {
+        let now = self.clock.now();
+        let give_up = failure.fatal || (failure.counts && job.attempts >= self.config.max_attempts);
+        if !failure.counts {
+            job.attempts = job.attempts.saturating_sub(1);
+        }
+        job.last_error = Some(failure.message.clone());
+        let target = if give_up {
+            JobStatus::Failed
+        } else {
+            JobStatus::Queued
+        };
+        if job.transition(target, now).is_err() {
+            return;
+        }
+        if !give_up {
+            let delay = retry_delay(
+                job.attempts.max(1),
+                self.config.retry_base,
+                self.config.retry_max,
+                rand::random::<f64>(),
+            );
+            job.not_before = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
+        }
+        tracing::warn!(job = %job.id, attempt = job.attempts, error = %failure.message, gave_up = give_up, "provisioning failed");
+        match self.save(&job, JobStatus::Provisioning).await {
+            Ok(_) => {
+                metrics::counter!(m::JOB_TRANSITIONS, "to" => target.as_str()).increment(1);
+                self.audit(
+                    "orchestrator",
+                    if give_up {
+                        "job.failed"
+                    } else {
+                        "job.requeued"
+                    },
+                    Some(job.id),
+                    serde_json::json!({"error": failure.message, "attempt": job.attempts}),
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::error!(job = %job.id, error = %e, "cannot record provisioning failure")
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ container exits
+
+    /// A container of ours stopped.
+    pub async fn on_container_exit(
+        &self,
+        container_id: &str,
+        job_id: Option<Uuid>,
+        exit_code: Option<i64>,
+    ) {
+        let Some(job_id) = job_id else { return };
+        let Ok(Some(mut job)) = self.store.get_job(job_id).await else {
+            return;
+        };
+        if job.container_id.as_deref() != Some(container_id) {
+            return;
+        }
+        tracing::info!(job = %job.id, container = %container_id, exit_code = ?exit_code, status = %job.status, "runner container exited");
+        self.audit(
+            "orchestrator",
+            "container.exited",
+            Some(job.id),
+            serde_json::json!({"containerId": container_id, "exitCode": exit_code}),
+        )
+        .await;
+        let expected = job.status;
+        job.exit_code = exit_code.and_then(|c| i32::try_from(c).ok());
+        job.updated_at = self.clock.now();
+        if expected == JobStatus::Provisioning {
+            // The runner never took this job (it died, or took another job
+            // with the same labels): try again, or give up.
+            job.container_id = None;
+            self.deregister(&job).await;
+            let message = match exit_code {
+                Some(c) => format!("runner container exited with code {c} before taking the job"),
+                None => "runner container disappeared before taking the job".to_string(),
+            };
+            self.provisioning_failed(job.clone(), Failure::retry(message))
+                .await;
+        } else if let Err(e) = self.save(&job, expected).await {
+            tracing::error!(job = %job.id, error = %e, "cannot record container exit");
+        } else {
+            self.deregister(&job).await;
+        }
+        let network = network_name(&self.config.network_prefix, &job.repository);
+        match self.backend.remove_network_if_unused(&network).await {
+            Ok(true) => tracing::info!(network = %network, "network removed"),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(network = %network, error = %e, "network kept"),
+        }
+        self.wake.notify_one();
+    }
+
+    /// Finds containers that vanished without an event we saw, and runners
+    /// that sat idle past the timeout.
+    pub async fn reconcile(&self) {
+        let Ok(live) = self.backend.list(&self.config.instance).await else {
+            return;
+        };
+        let live_ids: HashMap<&str, bool> =
+            live.iter().map(|c| (c.id.as_str(), c.running)).collect();
+        let in_flight = self.in_flight.lock().expect("lock").clone();
+        let Ok(provisioning) = self
+            .store
+            .list_jobs(&JobFilter {
+                status: Some(JobStatus::Provisioning),
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+        else {
+            return;
+        };
+        let now = self.clock.now();
+        for job in provisioning {
+            if in_flight.contains_key(&job.id) {
+                continue;
+            }
+            let Some(container) = job.container_id.clone() else {
+                // Provisioning was cut off (orchestrator restarted mid-way).
+                self.provisioning_failed(
+                    job,
+                    Failure::retry("provisioning was interrupted".into()),
+                )
+                .await;
+                continue;
+            };
+            match live_ids.get(container.as_str()) {
+                Some(true) => {
+                    let idle = (now - job.updated_at).to_std().unwrap_or_default();
+                    if idle > self.config.idle_timeout {
+                        tracing::warn!(job = %job.id, "runner idle past the timeout; stopping it");
+                        let _ = self.backend.stop(&container, Duration::from_secs(10)).await;
+                    }
+                }
+                _ => self.on_container_exit(&container, Some(job.id), None).await,
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ loops
+
+    /// Runs the scheduler, the event watcher and the reconciler until `stop`.
+    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let scheduler = {
+            let this = Arc::clone(self);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = this.tick().await {
+                        tracing::debug!(error = %e, "scheduling round skipped");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = this.wake.notified() => {},
+                        _ = tokio::time::sleep(this.config.tick) => {},
+                    }
+                }
+            })
+        };
+        let watcher = {
+            let this = Arc::clone(self);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut events = this.backend.events(&this.config.instance);
+                    // Exits missed while not subscribed are found by reconcile.
+                    this.reconcile().await;
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            ev = events.next() => match ev {
+                                Some(Ok(ContainerEvent::Exited { container_id, job_id, exit_code })) => {
+                                    this.on_container_exit(&container_id, job_id, Some(exit_code)).await;
+                                }
+                                Some(Err(e)) => {
+                                    tracing::warn!(error = %e, "container event stream failed");
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                    }
+                }
+            })
+        };
+        let reconciler = {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(this.config.reconcile_every) => this.reconcile().await,
+                    }
+                }
+            })
+        };
+        vec![scheduler, watcher, reconciler]
+    }
+
+    /// Wakes the scheduler (a job was queued).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Why provisioning failed, and whether to retry.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    /// Give up at once (no retry can help).
+    fatal: bool,
+    /// Counts against `max_attempts` (waiting for a daemon or a rate limit does not).
+    counts: bool,
+}
+
+impl Failure {
+    fn fatal(message: String) -> Self {
+        Failure {
+            message,
+            fatal: true,
+            counts: true,
+        }
+    }
+    fn retry(message: String) -> Self {
+        Failure {
+            message,
+            fatal: false,
+            counts: true,
+        }
+    }
+    fn github(e: GitHubError) -> Self {
+        let waiting = matches!(
+            e,
+            GitHubError::RateLimited { .. } | GitHubError::CircuitOpen { .. }
+        );
+        Failure {
+            message: e.to_string(),
+            fatal: !e.is_retryable() && !matches!(e, GitHubError::Conflict(_)),
+            counts: !waiting,
+        }
+    }
+    fn backend(e: BackendError) -> Self {
+        match e {
+            BackendError::DaemonUnreachable(_) => Failure {
+                message: e.to_string(),
+                fatal: false,
+                counts: false,
+            },
+            BackendError::ImageMissing { .. } => Failure::fatal(e.to_string()),
+            _ => Failure::retry(e.to_string()),
+        }
+    }
+}

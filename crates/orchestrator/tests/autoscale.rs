@@ -1,0 +1,591 @@
+//! The autoscaling path in-process: GitHub events in, containers out, with
+//! the dry-run engine recording what a real one would be asked to do.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::registry::{FakeRegistry, JIT_SECRET_PREFIX, RegistryCall};
+use proxy_runner_domain::ports::{GitHubError, JobFilter, JobStore, SystemClock, WorkflowJobInfo};
+use proxy_runner_domain::schedule::Caps;
+use proxy_runner_domain::{JobSource, JobStatus};
+use proxy_runner_orchestrator::autoscaler::{AutoscaleConfig, Autoscaler, Ingested, JobAction};
+use proxy_runner_orchestrator::dry_run::{DryRunBackend, DryRunCall};
+use proxy_runner_store::SqliteStore;
+
+struct Rig {
+    store: Arc<SqliteStore>,
+    backend: Arc<DryRunBackend>,
+    registry: Arc<FakeRegistry>,
+    scaler: Arc<Autoscaler>,
+}
+
+async fn rig(config: AutoscaleConfig) -> Rig {
+    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+    let backend = Arc::new(DryRunBackend::new());
+    let registry = Arc::new(FakeRegistry::default());
+    let scaler = Arc::new(Autoscaler::new(
+        store.clone(),
+        backend.clone(),
+        registry.clone(),
+        Arc::new(SystemClock),
+        config,
+    ));
+    Rig {
+        store,
+        backend,
+        registry,
+        scaler,
+    }
+}
+
+fn info(id: u64, repo: &str, labels: &[&str]) -> WorkflowJobInfo {
+    WorkflowJobInfo {
+        id,
+        run_id: 1000 + id,
+        run_attempt: 1,
+        repository: repo.into(),
+        name: format!("job-{id}"),
+        workflow_name: "CI".into(),
+        status: "queued".into(),
+        conclusion: None,
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        runner_id: None,
+        runner_name: None,
+    }
+}
+
+/// Runs scheduling rounds until the in-flight provisioning settles.
+async fn settle(r: &Rig) {
+    for _ in 0..50 {
+        let _ = r.scaler.tick().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn jobs(r: &Rig, status: JobStatus) -> Vec<proxy_runner_domain::Job> {
+    r.store
+        .list_jobs(&JobFilter {
+            status: Some(status),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_queued_job_gets_its_own_hardened_runner_container_and_is_followed_to_the_end() {
+    let r = rig(AutoscaleConfig::default()).await;
+    let queued = info(1, "Octo/Repo", &["self-hosted", "linux"]);
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(JobAction::Queued, &queued, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!("job not created")
+    };
+    // The same event again changes nothing.
+    assert_eq!(
+        r.scaler
+            .ingest(JobAction::Queued, &queued, JobSource::Webhook)
+            .await
+            .unwrap(),
+        Ingested::Unchanged(id)
+    );
+
+    settle(&r).await;
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Provisioning);
+    assert_eq!(job.attempts, 1);
+    let container = job.container_id.clone().expect("container recorded");
+
+    let calls = r.backend.calls();
+    assert_eq!(
+        calls[0],
+        DryRunCall::EnsureNetwork("proxy-runner-octo-repo".into())
+    );
+    let DryRunCall::Start {
+        name,
+        image,
+        network,
+        env,
+        labels,
+    } = &calls[1]
+    else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(name, &format!("runner-{id}"));
+    assert_eq!(image, "github-runner:latest");
+    assert_eq!(network, "proxy-runner-octo-repo");
+    let env: std::collections::BTreeMap<_, _> = env.iter().cloned().collect();
+    assert_eq!(env["RUNNER_NAME"], format!("ephemeral-{id}"));
+    assert_eq!(
+        env["RUNNER_LABELS"],
+        "ephemeral,container,self-hosted,linux"
+    );
+    assert_eq!(env["GITHUB_URL"], "https://github.com/Octo/Repo");
+    assert_eq!(env["JOB_ID"], "job-1");
+    assert_eq!(env["RUN_ID"], "1001");
+    assert_eq!(
+        env["ACTIONS_RUNNER_INPUT_JITCONFIG"], "***",
+        "the JIT config reaches the engine as a secret"
+    );
+    let labels: std::collections::BTreeMap<_, _> = labels.iter().cloned().collect();
+    assert_eq!(labels["proxy-runner.job-id"], id.to_string());
+    assert_eq!(labels["proxy-runner.repository"], "octo/repo");
+    assert_eq!(labels["proxy-runner.instance"], "default");
+    assert!(
+        matches!(&r.registry.calls()[0], RegistryCall::Jit { name, labels, .. }
+        if name == &format!("ephemeral-{id}") && labels == &["ephemeral", "container", "self-hosted", "linux"])
+    );
+
+    // GitHub: the runner took the job, then finished it.
+    let mut running = queued.clone();
+    running.runner_name = Some(format!("ephemeral-{id}"));
+    running.runner_id = Some(1);
+    assert_eq!(
+        r.scaler
+            .ingest(JobAction::InProgress, &running, JobSource::Webhook)
+            .await
+            .unwrap(),
+        Ingested::Updated(id)
+    );
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Running);
+    assert_eq!(job.runner_id, Some(1));
+    let mut done = running.clone();
+    done.conclusion = Some("success".into());
+    r.scaler
+        .ingest(JobAction::Completed, &done, JobSource::Webhook)
+        .await
+        .unwrap();
+
+    // The runner exits 0; the container is gone, the network removed, the
+    // runner deleted on GitHub if it were still there.
+    r.backend.exit(&container, 0);
+    r.scaler
+        .on_container_exit(&container, Some(id), Some(0))
+        .await;
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.conclusion.as_deref(), Some("success"));
+    assert_eq!(job.exit_code, Some(0));
+    assert_eq!(r.registry.deleted(), vec![1]);
+    assert!(
+        r.backend
+            .calls()
+            .contains(&DryRunCall::RemoveNetwork("proxy-runner-octo-repo".into()))
+    );
+    let audit: Vec<String> = r
+        .store
+        .list_audit(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    for a in [
+        "job.queued",
+        "container.started",
+        "job.running",
+        "job.completed",
+        "container.exited",
+    ] {
+        assert!(audit.contains(&a.to_string()), "{a} missing from {audit:?}");
+    }
+    // The JIT config is nowhere in the records.
+    let everything = format!(
+        "{:?}{:?}",
+        r.store
+            .list_jobs(&JobFilter {
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        r.store.list_audit(100).await.unwrap()
+    );
+    assert!(!everything.contains(JIT_SECRET_PREFIX));
+}
+
+#[tokio::test]
+async fn jobs_we_do_not_serve_are_ignored() {
+    let r = rig(AutoscaleConfig::default()).await;
+    for labels in [&["ubuntu-latest"][..], &[][..]] {
+        let out = r
+            .scaler
+            .ingest(
+                JobAction::Queued,
+                &info(2, "o/r", labels),
+                JobSource::Webhook,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(out, Ingested::Ignored(_)), "{labels:?}");
+    }
+    settle(&r).await;
+    assert!(r.backend.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_runner_started_for_one_job_may_take_another() {
+    let r = rig(AutoscaleConfig::default()).await;
+    let a = info(10, "o/r", &["self-hosted"]);
+    let b = info(11, "o/r", &["self-hosted"]);
+    let Ingested::Created(ja) = r
+        .scaler
+        .ingest(JobAction::Queued, &a, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let Ingested::Created(jb) = r
+        .scaler
+        .ingest(JobAction::Queued, &b, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let container_a = r
+        .store
+        .get_job(ja)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    // GitHub gives job B to the runner started for job A.
+    let mut b_running = b.clone();
+    b_running.runner_name = Some(format!("ephemeral-{ja}"));
+    r.scaler
+        .ingest(JobAction::InProgress, &b_running, JobSource::Webhook)
+        .await
+        .unwrap();
+    let job_b = r.store.get_job(jb).await.unwrap().unwrap();
+    assert_eq!(job_b.status, JobStatus::Running);
+    assert_eq!(
+        job_b.runner_name.as_deref(),
+        Some(format!("ephemeral-{ja}").as_str())
+    );
+    assert_eq!(
+        job_b.container_id.as_deref(),
+        Some(container_a.as_str()),
+        "B ran in A's container"
+    );
+    assert_eq!(
+        r.store.get_job(ja).await.unwrap().unwrap().status,
+        JobStatus::Provisioning
+    );
+}
+
+#[tokio::test]
+async fn hook_delegations_and_webhooks_for_one_job_end_on_one_record() {
+    let r = rig(AutoscaleConfig::default()).await;
+    let hook_job = proxy_runner_domain::NewJob {
+        job_key: "build".into(),
+        run_id: 1010,
+        run_attempt: 1,
+        repository: "o/r".into(),
+        workflow: "CI".into(),
+        runner_name: Some("proxy-1".into()),
+        labels: vec!["self-hosted".into()],
+        environment: Default::default(),
+        matrix: None,
+        needs: vec![],
+        github_job_id: None,
+        source: JobSource::Hook,
+    }
+    .into_job(uuid::Uuid::now_v7(), chrono::Utc::now());
+    r.store.insert_job(&hook_job).await.unwrap();
+    let mut ev = info(10, "o/r", &["self-hosted"]);
+    ev.runner_name = Some("proxy-1".into());
+    ev.runner_id = Some(77);
+    assert_eq!(
+        r.scaler
+            .ingest(JobAction::InProgress, &ev, JobSource::Webhook)
+            .await
+            .unwrap(),
+        Ingested::Updated(hook_job.id)
+    );
+    let linked = r.store.find_by_github_job_id(10).await.unwrap().unwrap();
+    assert_eq!(linked.id, hook_job.id);
+    assert_eq!(linked.runner_id, Some(77));
+    assert_eq!(
+        r.store
+            .list_jobs(&JobFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn caps_hold_under_a_burst_of_fifty_jobs_and_repositories_take_turns() {
+    let mut config = AutoscaleConfig::default();
+    config.caps = Caps {
+        global: 10,
+        per_repository: 4,
+    };
+    let r = rig(config).await;
+    let repos = ["a/one", "b/two", "c/three"];
+    for i in 0..50u64 {
+        let repo = if i < 30 {
+            repos[0]
+        } else {
+            repos[(i % 2 + 1) as usize]
+        };
+        r.scaler
+            .ingest(
+                JobAction::Queued,
+                &info(100 + i, repo, &["self-hosted"]),
+                JobSource::Webhook,
+            )
+            .await
+            .unwrap();
+    }
+    let mut finished = 0;
+    let mut max_live = 0;
+    while finished < 50 {
+        settle(&r).await;
+        let live = r.backend.live();
+        max_live = max_live.max(live.len());
+        assert!(live.len() <= 10, "global cap broken: {}", live.len());
+        for repo in repos {
+            let n = live
+                .iter()
+                .filter(|c| c.labels["proxy-runner.repository"] == repo)
+                .count();
+            assert!(n <= 4, "per-repository cap broken for {repo}: {n}");
+        }
+        let provisioning = jobs(&r, JobStatus::Provisioning).await;
+        if finished == 0 {
+            // The first round serves every repository, not just the busiest.
+            for repo in repos {
+                assert!(
+                    provisioning.iter().any(|j| j.repository == repo),
+                    "{repo} starved"
+                );
+            }
+        }
+        assert!(
+            !provisioning.is_empty(),
+            "no progress with {finished} finished"
+        );
+        for job in provisioning {
+            let mut ev = info(
+                job.github_job_id.unwrap(),
+                &job.repository,
+                &["self-hosted"],
+            );
+            ev.runner_name = Some(format!("ephemeral-{}", job.id));
+            ev.conclusion = Some("success".into());
+            r.scaler
+                .ingest(JobAction::Completed, &ev, JobSource::Webhook)
+                .await
+                .unwrap();
+            let c = job.container_id.unwrap();
+            r.backend.exit(&c, 0);
+            r.scaler.on_container_exit(&c, Some(job.id), Some(0)).await;
+            finished += 1;
+        }
+    }
+    assert_eq!(max_live, 10);
+    assert_eq!(jobs(&r, JobStatus::Completed).await.len(), 50);
+}
+
+#[tokio::test]
+async fn a_runner_that_dies_before_taking_its_job_is_retried_then_given_up() {
+    let mut config = AutoscaleConfig::default();
+    config.max_attempts = 2;
+    config.retry_base = Duration::from_millis(1);
+    config.retry_max = Duration::from_millis(5);
+    let r = rig(config).await;
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(
+            JobAction::Queued,
+            &info(5, "o/r", &["self-hosted"]),
+            JobSource::Webhook,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    for attempt in 1..=2 {
+        settle(&r).await;
+        let job = r.store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Provisioning, "attempt {attempt}");
+        assert_eq!(job.attempts, attempt);
+        let c = job.container_id.unwrap();
+        r.backend.exit(&c, 1);
+        r.scaler.on_container_exit(&c, Some(id), Some(1)).await;
+    }
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(
+        job.last_error
+            .unwrap()
+            .contains("exited with code 1 before taking the job")
+    );
+    assert_eq!(
+        r.registry.deleted().len(),
+        2,
+        "each attempt's runner is deregistered"
+    );
+}
+
+#[tokio::test]
+async fn github_failures_requeue_or_fail_by_kind() {
+    let mut config = AutoscaleConfig::default();
+    config.retry_base = Duration::from_millis(1);
+    config.retry_max = Duration::from_millis(2);
+    let r = rig(config).await;
+    r.registry.fail_next_jit(GitHubError::Http {
+        status: 502,
+        message: "bad gateway".into(),
+    });
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(
+            JobAction::Queued,
+            &info(6, "o/r", &["self-hosted"]),
+            JobSource::Webhook,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Provisioning, "retried after a 502");
+    assert_eq!(job.attempts, 2);
+
+    r.registry
+        .fail_next_jit(GitHubError::NotFound("repository".into()));
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(
+            JobAction::Queued,
+            &info(7, "o/gone", &["self-hosted"]),
+            JobSource::Webhook,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(job.last_error.unwrap().contains("not found"));
+}
+
+#[tokio::test]
+async fn a_missing_image_fails_the_job_with_a_clear_error() {
+    let r = rig(AutoscaleConfig::default()).await;
+    r.backend.forget_image("github-runner:latest");
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(
+            JobAction::Queued,
+            &info(8, "o/r", &["self-hosted"]),
+            JobSource::Webhook,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    let err = job.last_error.unwrap();
+    assert!(
+        err.contains("github-runner:latest") && err.contains("not present"),
+        "{err}"
+    );
+    assert_eq!(
+        r.registry.deleted(),
+        vec![1],
+        "the minted runner is deregistered"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_makes_jobs_wait_not_fail() {
+    let r = rig(AutoscaleConfig::default()).await;
+    r.backend.set_unreachable(true);
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(
+            JobAction::Queued,
+            &info(9, "o/r", &["self-hosted"]),
+            JobSource::Webhook,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(r.scaler.tick().await.unwrap_err().contains("not ready"));
+    settle(&r).await;
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    assert_eq!(job.attempts, 0);
+    assert!(
+        r.registry.calls().is_empty(),
+        "no runner minted while the engine is down"
+    );
+    r.backend.set_unreachable(false);
+    settle(&r).await;
+    assert_eq!(
+        r.store.get_job(id).await.unwrap().unwrap().status,
+        JobStatus::Provisioning
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_job_stops_its_idle_runner() {
+    let r = rig(AutoscaleConfig::default()).await;
+    let ev = info(12, "o/r", &["self-hosted"]);
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(JobAction::Queued, &ev, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let container = r
+        .store
+        .get_job(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    let mut cancelled = ev.clone();
+    cancelled.conclusion = Some("cancelled".into());
+    r.scaler
+        .ingest(JobAction::Completed, &cancelled, JobSource::Webhook)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.store.get_job(id).await.unwrap().unwrap().status,
+        JobStatus::Cancelled
+    );
+    assert!(r.backend.calls().contains(&DryRunCall::Stop(container)));
+}

@@ -1,0 +1,115 @@
+//! A recording GitHub double for the autoscaler tests: mints JIT configs
+//! with planted secret values and can be told to fail.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use proxy_runner_domain::ports::{
+    GitHubError, JitConfig, JitRequest, RegistrationToken, RunnerInfo, RunnerRegistry, Scope,
+    WorkflowJobInfo,
+};
+use secrecy::SecretString;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryCall {
+    Jit {
+        scope: Scope,
+        name: String,
+        labels: Vec<String>,
+    },
+    RegistrationToken(Scope),
+    Delete {
+        scope: Scope,
+        runner_id: u64,
+    },
+    List(Scope),
+}
+
+#[derive(Default)]
+pub struct FakeRegistry {
+    pub calls: Mutex<Vec<RegistryCall>>,
+    /// Errors returned by the next JIT calls, in order.
+    pub jit_failures: Mutex<VecDeque<GitHubError>>,
+    next_id: Mutex<u64>,
+}
+
+pub const JIT_SECRET_PREFIX: &str = "jit-SECRET-";
+
+impl FakeRegistry {
+    pub fn calls(&self) -> Vec<RegistryCall> {
+        self.calls.lock().unwrap().clone()
+    }
+    pub fn fail_next_jit(&self, e: GitHubError) {
+        self.jit_failures.lock().unwrap().push_back(e);
+    }
+    pub fn deleted(&self) -> Vec<u64> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                RegistryCall::Delete { runner_id, .. } => Some(runner_id),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl RunnerRegistry for FakeRegistry {
+    async fn generate_jit_config(
+        &self,
+        scope: &Scope,
+        request: &JitRequest,
+    ) -> Result<JitConfig, GitHubError> {
+        self.calls.lock().unwrap().push(RegistryCall::Jit {
+            scope: scope.clone(),
+            name: request.name.clone(),
+            labels: request.labels.clone(),
+        });
+        if let Some(e) = self.jit_failures.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        let mut id = self.next_id.lock().unwrap();
+        *id += 1;
+        Ok(JitConfig {
+            runner_id: *id,
+            runner_name: request.name.clone(),
+            encoded_jit_config: SecretString::from(format!("{JIT_SECRET_PREFIX}{id}")),
+        })
+    }
+    async fn create_registration_token(
+        &self,
+        scope: &Scope,
+    ) -> Result<RegistrationToken, GitHubError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(RegistryCall::RegistrationToken(scope.clone()));
+        Ok(RegistrationToken {
+            token: SecretString::from("regtoken-SECRET"),
+            expires_at: Utc::now(),
+        })
+    }
+    async fn delete_runner(&self, scope: &Scope, runner_id: u64) -> Result<(), GitHubError> {
+        self.calls.lock().unwrap().push(RegistryCall::Delete {
+            scope: scope.clone(),
+            runner_id,
+        });
+        Ok(())
+    }
+    async fn list_runners(&self, scope: &Scope) -> Result<Vec<RunnerInfo>, GitHubError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(RegistryCall::List(scope.clone()));
+        Ok(Vec::new())
+    }
+    async fn list_queued_jobs(
+        &self,
+        _owner: &str,
+        _repo: &str,
+    ) -> Result<Vec<WorkflowJobInfo>, GitHubError> {
+        Ok(Vec::new())
+    }
+}
