@@ -658,7 +658,9 @@ fn tmpfs_mounts(
                 "tmpfs path {path:?} must be an absolute path below /"
             )));
         }
-        let mut options = format!("rw,nosuid,nodev,size={tmpfs_size}");
+        // `exec` explicitly: Docker's tmpfs default is noexec, but the runner
+        // runs its own copy, actions and tools out of these mounts.
+        let mut options = format!("rw,exec,nosuid,nodev,size={tmpfs_size}");
         match owner {
             // Owned by the job user; sticky and world-writable like /tmp.
             Some((uid, gid)) => options.push_str(&format!(",mode=1777,uid={uid},gid={gid}")),
@@ -781,7 +783,7 @@ mod tests {
         let tmpfs = hc.tmpfs.expect("tmpfs mounts");
         assert_eq!(
             tmpfs.get("/tmp").map(String::as_str),
-            Some("rw,nosuid,nodev,size=64m,mode=1777,uid=1001,gid=1001")
+            Some("rw,exec,nosuid,nodev,size=64m,mode=1777,uid=1001,gid=1001")
         );
         assert!(tmpfs.contains_key("/home/runner"));
     }
@@ -801,7 +803,7 @@ mod tests {
         let hc = host_config(&s, "1m").expect("named user is fine");
         assert_eq!(
             hc.tmpfs.expect("tmpfs")["/tmp"],
-            "rw,nosuid,nodev,size=1m,mode=1777"
+            "rw,exec,nosuid,nodev,size=1m,mode=1777"
         );
     }
 

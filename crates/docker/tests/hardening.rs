@@ -86,12 +86,14 @@ async fn created_container_carries_the_hardening() {
 }
 
 /// Exit 0 only for a non-root user without capabilities or new privileges,
-/// a read-only root and writable tmpfs mounts.
+/// a read-only root and writable tmpfs mounts that allow executing (the
+/// runner runs from its home).
 const PROBE: &str = r#"
 [ "$(awk '$2 == "/" {split($4, o, ","); print o[1]}' /proc/mounts)" = ro ] || exit 10
 if touch /probe 2>/dev/null; then echo "root filesystem is writable"; exit 17; fi
 touch /tmp/probe || exit 11
 touch /home/runner/probe || exit 12
+cp /bin/busybox /home/runner/true && /home/runner/true || exit 18
 [ "$(id -u)" = 1001 ] || exit 13
 [ "$(id -g)" = 1001 ] || exit 14
 [ "$(awk '/^CapEff/ {print $2}' /proc/self/status)" = 0000000000000000 ] || exit 15
