@@ -155,9 +155,10 @@ impl RunningEmulator {
         &self.emulator
     }
 
-    /// Stops accepting connections and waits for open requests to finish
-    /// (long polls end within their bounded wait).
+    /// Stops accepting connections, ends open long polls and waits for the
+    /// other open requests to finish.
     pub async fn shutdown(mut self) {
+        self.emulator.shared.close();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -170,6 +171,7 @@ impl RunningEmulator {
 impl Drop for RunningEmulator {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
+            self.emulator.shared.close();
             task.abort();
         }
     }

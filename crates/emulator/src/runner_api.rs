@@ -286,6 +286,9 @@ async fn acquire(
                 return Ok(assignment_json(handout));
             }
         }
+        if shared.is_closing() {
+            return Ok(empty_response(StatusCode::NO_CONTENT));
+        }
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {

@@ -2,6 +2,7 @@
 //! everything; it is never held across an await.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -74,8 +75,11 @@ impl Settings {
 pub(crate) struct Shared {
     pub settings: Settings,
     pub world: Mutex<World>,
-    /// Woken whenever a job becomes queued, for runners in a long poll.
+    /// Woken whenever a job becomes queued (and at shutdown), for runners
+    /// in a long poll.
     pub job_queued: Notify,
+    /// Set at shutdown so that long polls end at once.
+    pub closing: AtomicBool,
     pub http: reqwest::Client,
 }
 
@@ -120,8 +124,19 @@ impl Shared {
             },
             world: Mutex::new(World::new(config.webhook)),
             job_queued: Notify::new(),
+            closing: AtomicBool::new(false),
             http,
         })
+    }
+
+    /// Ends open long polls (they answer "no job") and refuses new waits.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.job_queued.notify_waiters();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// The state; a panic elsewhere while holding the lock does not make the

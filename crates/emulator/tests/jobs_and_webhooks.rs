@@ -701,3 +701,43 @@ async fn the_admin_api_validates_and_lists() {
     );
     assert_eq!(runners[0]["status"], "offline");
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_long_polls() {
+    let h = Harness::start().await;
+    let (_, config) = h.jit("/repos/octo/app", "waiting", &["self-hosted"]).await;
+    let runner = SimRunner::from_jit_config(&config).unwrap();
+    let task = tokio::spawn(async move {
+        let options = RunOptions {
+            job_wait: Some(Duration::from_secs(120)),
+            poll_wait: Duration::from_secs(50),
+            transport_retries: 0,
+        };
+        runner.run(&RecordingExecutor::default(), &options).await
+    });
+    // Wait (bounded) until the runner is in its long poll.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, runners) = h.admin("GET", "/runners", None).await;
+        if runners[0]["status"] == "online" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the runner never polled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Harness { emulator, .. } = h;
+    // A guard against hanging, not a speed check: the poll would hold 50 s.
+    tokio::time::timeout(Duration::from_secs(20), emulator.shutdown())
+        .await
+        .expect("shutdown does not wait for a long poll to run out");
+    let result = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the runner notices")
+        .unwrap();
+    let err = result.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(err.exit_code(), 2);
+}
