@@ -197,7 +197,8 @@ impl GitHubClient {
         let lifetime = minted.expires_at - Utc::now();
         let margin = TimeDelta::from_std(self.config().token_renew_margin)
             .unwrap_or(TimeDelta::MAX)
-            .min(lifetime / 2);
+            .min(lifetime / 2)
+            .max(TimeDelta::zero());
         let token = SecretString::from(minted.token);
         lock(&app.tokens).insert(
             installation_id,

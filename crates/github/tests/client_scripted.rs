@@ -842,6 +842,43 @@ async fn app_token_is_renewed_once_on_401() {
 }
 
 #[tokio::test]
+async fn a_burst_of_app_calls_mints_one_token() {
+    let server = app_server(3600, Default::default()).await;
+    let client = GitHubClient::new(app_config(&server.url)).unwrap();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.list_runners(&repo()).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let lines = server.lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.ends_with("/installation"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.ends_with("/access_tokens"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("/actions/runners"))
+            .count(),
+        20
+    );
+}
+
+#[tokio::test]
 async fn app_not_installed_is_not_found() {
     let server = serve(|_, _| Scripted::json(404, json!({"message": "Not Found"}))).await;
     let client = GitHubClient::new(app_config(&server.url)).unwrap();
