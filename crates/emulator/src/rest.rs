@@ -12,7 +12,7 @@ use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, OriginalUri, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -302,7 +302,8 @@ fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"))
 }
 
-/// `http://host/path` of this request, for `Link` headers.
+/// `http://host/path` of this request, for `Link` headers. `uri` must be the
+/// original URI: inside nested routers the plain one lacks the prefix.
 fn request_url(shared: &Shared, headers: &HeaderMap, uri: &Uri) -> String {
     match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         Some(host) if !host.is_empty() => format!("http://{host}{}", uri.path()),
@@ -423,7 +424,7 @@ async fn list_runners(
     path: PathParams,
     query: QueryParams,
     headers: HeaderMap,
-    uri: Uri,
+    OriginalUri(uri): OriginalUri,
 ) -> ApiResult {
     let (scope, _) = scope_of(path)?;
     caller.require_token(scope_account(&scope))?;
@@ -571,7 +572,7 @@ async fn list_runs(
     path: PathParams,
     query: QueryParams,
     headers: HeaderMap,
-    uri: Uri,
+    OriginalUri(uri): OriginalUri,
 ) -> ApiResult {
     let (scope, _) = scope_of(path)?;
     let (owner, repo) = repo_of(&scope)?;
@@ -612,7 +613,7 @@ async fn list_run_jobs(
     path: PathParams,
     query: QueryParams,
     headers: HeaderMap,
-    uri: Uri,
+    OriginalUri(uri): OriginalUri,
 ) -> ApiResult {
     let (scope, params) = scope_of(path)?;
     let (owner, repo) = repo_of(&scope)?;

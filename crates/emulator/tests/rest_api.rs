@@ -192,6 +192,26 @@ async fn runners_are_paged_like_github() {
     let rels = link_rels(third.header("link").unwrap());
     assert_eq!(rels, vec![("prev".into(), 2), ("first".into(), 1)]);
 
+    // The links work as they are: following `next` from page 1 walks all pages.
+    let mut followed = 0;
+    let mut next = first.header("link").map(str::to_string);
+    while let Some(link) = next.take() {
+        let Some(url) = link.split(", ").find_map(|part| {
+            part.strip_suffix("; rel=\"next\"")
+                .map(|u| u.trim_matches(['<', '>']).to_string())
+        }) else {
+            break;
+        };
+        let path = url
+            .strip_prefix(&h.url())
+            .expect("links point back to the emulator");
+        let page = h.pat("GET", path, None).await;
+        assert_eq!(page.status, 200, "{url}");
+        followed += page.body["runners"].as_array().unwrap().len();
+        next = page.header("link").map(str::to_string);
+    }
+    assert_eq!(followed, 45);
+
     // Pages do not overlap and cover every runner once.
     let mut names: Vec<String> = [&first, &second, &third]
         .iter()
@@ -951,6 +971,10 @@ async fn runs_are_paged() {
     assert_eq!(r.body["workflow_runs"].as_array().unwrap().len(), 2);
     let link = r.header("link").unwrap();
     assert!(link.contains("status=queued"), "{link}");
+    assert!(
+        link.contains(&format!("<{}/repos/octo/app/actions/runs?", h.url())),
+        "{link}"
+    );
     assert_eq!(
         link_rels(link),
         vec![
