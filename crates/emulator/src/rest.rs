@@ -477,8 +477,13 @@ async fn delete_runner(
     let (scope, params) = scope_of(path)?;
     caller.require_token(scope_account(&scope))?;
     let id = id_param(&params, "runner_id")?;
-    match shared.world().delete_runner(&scope, id) {
-        Ok(()) => Ok(empty_response(StatusCode::NO_CONTENT)),
+    let deleted = shared.world().delete_runner(&scope, id);
+    match deleted {
+        Ok(()) => {
+            // A long poll of the deleted runner ends now, not at its timeout.
+            shared.job_queued.notify_waiters();
+            Ok(empty_response(StatusCode::NO_CONTENT))
+        }
         Err(DeleteError::NotFound) => Err(ApiError::not_found()),
         Err(DeleteError::Busy(name)) => Err(ApiError::validation_simple(
             format!("Bad request - Runner \"{name}\" is still running a job\""),

@@ -741,3 +741,52 @@ async fn shutdown_ends_open_long_polls() {
     assert!(err.is_retryable(), "{err}");
     assert_eq!(err.exit_code(), 2);
 }
+
+#[tokio::test]
+async fn deleting_a_waiting_runner_ends_it() {
+    let h = Harness::start().await;
+    let (runner_id, config) = h.jit("/orgs/octo", "doomed", &["self-hosted"]).await;
+    let runner = SimRunner::from_jit_config(&config).unwrap();
+    let task = tokio::spawn(async move {
+        let options = RunOptions {
+            job_wait: Some(Duration::from_secs(120)),
+            poll_wait: Duration::from_secs(50),
+            transport_retries: 0,
+        };
+        runner.run(&RecordingExecutor::default(), &options).await
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = h
+            .pat(
+                "GET",
+                &format!("/orgs/octo/actions/runners/{runner_id}"),
+                None,
+            )
+            .await;
+        if got.body["status"] == "online" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the runner never polled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deleted = h
+        .pat(
+            "DELETE",
+            &format!("/orgs/octo/actions/runners/{runner_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    // A guard against hanging, not a speed check: the poll would hold 50 s.
+    let result = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the runner learns it was removed")
+        .unwrap();
+    let err = result.unwrap_err();
+    assert!(matches!(err, RunnerError::Deregistered), "{err}");
+    assert_eq!(err.exit_code(), EXIT_TERMINATED_ERROR);
+}
