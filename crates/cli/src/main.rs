@@ -1,7 +1,10 @@
 //! `proxy-runner`: one binary for the orchestrator and its tools.
 
 mod client;
+mod demo;
+mod emulator;
 mod serve;
+mod sim_runner;
 
 use std::path::PathBuf;
 
@@ -47,6 +50,12 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run the whole autoscaling flow on this machine against a local GitHub emulator.
+    Demo(demo::DemoArgs),
+    /// Run a local GitHub emulator (REST API, webhooks, job queue) for tests and demos.
+    Emulator(emulator::EmulatorArgs),
+    /// Stand in for the actions runner inside a job container: take one job and run its steps.
+    SimRunner(sim_runner::SimRunnerArgs),
 }
 
 #[derive(Subcommand)]
@@ -157,6 +166,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 JobsCommand::Show { id, json } => c.show_job(&id, json).await,
             }
+        }
+        Command::Demo(args) => {
+            if std::env::var_os("PROXY_RUNNER_LOG").is_some() {
+                serve::init_logging();
+            }
+            if demo::run(args).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("the demo did not pass")
+            }
+        }
+        Command::Emulator(args) => {
+            serve::init_logging();
+            emulator::run(args).await
+        }
+        Command::SimRunner(args) => {
+            serve::init_logging();
+            let code = sim_runner::run(args).await;
+            std::process::exit(code);
         }
         Command::Config {
             command: ConfigCommand::Check { config },

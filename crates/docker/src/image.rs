@@ -105,6 +105,9 @@ pub async fn ensure_test_busybox_image(docker: &DockerBackend) -> Result<String,
     Ok(TEST_BUSYBOX_IMAGE.to_string())
 }
 
+/// Debian's CA bundle, copied into runner images at the same path.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The build context (a tar archive) of a runner image.
 pub fn runner_build_context(
     options: &RunnerImageOptions,
@@ -112,6 +115,12 @@ pub fn runner_build_context(
 ) -> Result<Vec<u8>, BackendError> {
     let mut context = Context::new(&options.busybox)?;
     context.add_host_file(&options.binary, RUNNER_BINARY_PATH, 0o755)?;
+    // TLS clients (the runner talks HTTPS to GitHub) refuse to start
+    // without trust roots: carry the host's bundle when it has one.
+    let ca_bundle = Path::new(CA_BUNDLE);
+    if ca_bundle.exists() {
+        context.add_host_file(ca_bundle, CA_BUNDLE, 0o644)?;
+    }
     let mut library_dirs = BTreeSet::new();
     for library in libraries {
         let inside = library

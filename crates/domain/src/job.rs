@@ -233,6 +233,7 @@ impl NewJob {
             needs: self.needs,
             status: JobStatus::Queued,
             container_id: None,
+            ran_in_container_id: None,
             runner_id: None,
             provisioned_runner_id: None,
             github_job_id: self.github_job_id,
@@ -268,7 +269,13 @@ pub struct Job {
     pub matrix: Option<serde_json::Value>,
     pub needs: Vec<String>,
     pub status: JobStatus,
+    /// The container started for this job.
     pub container_id: Option<String>,
+    /// The container whose runner actually took this job, when that is
+    /// another job's container (GitHub gives a job to any idle runner with
+    /// matching labels).
+    #[serde(default)]
+    pub ran_in_container_id: Option<String>,
     /// GitHub's id of the runner that took the job.
     pub runner_id: Option<u64>,
     /// GitHub's id of the ephemeral runner registered for this job's own

@@ -149,6 +149,10 @@ pub trait JobStore: Send + Sync + 'static {
         run_attempt: u32,
     ) -> Result<Option<Job>, StoreError>;
 
+    /// The job that ran in `container_id` although the container was
+    /// started for another job.
+    async fn find_job_ran_in_container(&self, container_id: &str) -> Result<Option<Job>, StoreError>;
+
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

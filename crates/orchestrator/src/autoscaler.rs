@@ -335,7 +335,7 @@ impl Autoscaler {
                 && let Ok(Some(owner_job)) = self.store.get_job(owner).await
                 && owner_job.container_id.is_some()
             {
-                job.container_id = owner_job.container_id.clone();
+                job.ran_in_container_id = owner_job.container_id.clone();
             }
         }
     }
@@ -665,7 +665,7 @@ impl Autoscaler {
         if job.transition(target, now).is_err() {
             return;
         }
-        if !give_up {
+        if !give_up && failure.delay {
             let delay = retry_delay(
                 job.attempts.max(1),
                 self.config.retry_base,
@@ -724,28 +724,66 @@ impl Autoscaler {
         job.exit_code = exit_code.and_then(|c| i32::try_from(c).ok());
         job.updated_at = self.clock.now();
         if expected == JobStatus::Provisioning {
-            // The runner never took this job (it died, or took another job
-            // with the same labels): try again, or give up.
+            // The runner never took this job: it took another job with the
+            // same labels (then this job still needs a runner, and nothing
+            // failed), or it died (try again, or give up).
             job.container_id = None;
             self.deregister(&job).await;
-            let message = match exit_code {
-                Some(c) => format!("runner container exited with code {c} before taking the job"),
-                None => "runner container disappeared before taking the job".to_string(),
+            let other = self
+                .store
+                .find_job_ran_in_container(container_id)
+                .await
+                .ok()
+                .flatten();
+            let failure = match (other, exit_code) {
+                (Some(other), _) => Failure::handoff(format!(
+                    "its runner took job {} instead; starting another runner",
+                    other.id
+                )),
+                (None, Some(c)) => Failure::retry(format!(
+                    "runner container exited with code {c} before taking the job"
+                )),
+                (None, None) => {
+                    Failure::retry("runner container disappeared before taking the job".into())
+                }
             };
-            self.provisioning_failed(job.clone(), Failure::retry(message))
-                .await;
+            self.provisioning_failed(job.clone(), failure).await;
         } else if let Err(e) = self.save(&job, expected).await {
             tracing::error!(job = %job.id, error = %e, "cannot record container exit");
         } else {
             self.deregister(&job).await;
         }
-        let network = network_name(&self.config.network_prefix, &job.repository);
-        match self.backend.remove_network_if_unused(&network).await {
-            Ok(true) => tracing::info!(network = %network, "network removed"),
-            Ok(false) => {}
-            Err(e) => tracing::debug!(network = %network, error = %e, "network kept"),
-        }
+        self.remove_network_when_unused(&job.repository).await;
         self.wake.notify_one();
+    }
+
+    /// Removes the repository's network once no container uses it. The exit
+    /// event comes before the engine has removed the container, so this
+    /// tries a few times while the network still looks in use.
+    async fn remove_network_when_unused(&self, repository: &str) {
+        let network = network_name(&self.config.network_prefix, repository);
+        for attempt in 0..8u32 {
+            match self.backend.remove_network_if_unused(&network).await {
+                Ok(true) => {
+                    tracing::info!(network = %network, "network removed");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(network = %network, error = %e, "network kept"),
+            }
+            // Another job of the repository is starting or running: it will
+            // try again when its own container exits.
+            let busy = self
+                .in_flight
+                .lock()
+                .expect("lock")
+                .values()
+                .any(|r| r.eq_ignore_ascii_case(repository));
+            if busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
+        }
     }
 
     /// Finds containers that vanished without an event we saw, and runners
@@ -873,6 +911,8 @@ struct Failure {
     fatal: bool,
     /// Counts against `max_attempts` (waiting for a daemon or a rate limit does not).
     counts: bool,
+    /// Wait (backoff) before the next attempt.
+    delay: bool,
 }
 
 impl Failure {
@@ -881,6 +921,7 @@ impl Failure {
             message,
             fatal: true,
             counts: true,
+            delay: false,
         }
     }
     fn retry(message: String) -> Self {
@@ -888,26 +929,40 @@ impl Failure {
             message,
             fatal: false,
             counts: true,
+            delay: true,
+        }
+    }
+    /// Not a failure: the job simply needs a new runner, now.
+    fn handoff(message: String) -> Self {
+        Failure {
+            message,
+            fatal: false,
+            counts: false,
+            delay: false,
+        }
+    }
+    /// Waiting for something outside (engine down, rate limit): no attempt used.
+    fn wait(message: String) -> Self {
+        Failure {
+            message,
+            fatal: false,
+            counts: false,
+            delay: true,
         }
     }
     fn github(e: GitHubError) -> Self {
-        let waiting = matches!(
-            e,
-            GitHubError::RateLimited { .. } | GitHubError::CircuitOpen { .. }
-        );
-        Failure {
-            message: e.to_string(),
-            fatal: !e.is_retryable() && !matches!(e, GitHubError::Conflict(_)),
-            counts: !waiting,
+        match e {
+            GitHubError::RateLimited { .. } | GitHubError::CircuitOpen { .. } => {
+                Failure::wait(e.to_string())
+            }
+            GitHubError::Conflict(_) => Failure::retry(e.to_string()),
+            _ if e.is_retryable() => Failure::retry(e.to_string()),
+            _ => Failure::fatal(e.to_string()),
         }
     }
     fn backend(e: BackendError) -> Self {
         match e {
-            BackendError::DaemonUnreachable(_) => Failure {
-                message: e.to_string(),
-                fatal: false,
-                counts: false,
-            },
+            BackendError::DaemonUnreachable(_) => Failure::wait(e.to_string()),
             BackendError::ImageMissing { .. } => Failure::fatal(e.to_string()),
             _ => Failure::retry(e.to_string()),
         }

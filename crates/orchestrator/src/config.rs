@@ -181,6 +181,8 @@ pub struct RunnersSection {
     pub max_per_repository: usize,
     /// Provisioning attempts before a job is marked failed.
     pub max_attempts: u32,
+    /// A runner that has not taken a job after this many seconds is stopped.
+    pub idle_timeout_secs: u64,
     /// Label sets we serve. A job is ours when its labels are a subset of one
     /// set. Empty: every job that asks for `self-hosted`.
     pub label_sets: Vec<LabelSetConfig>,
@@ -196,6 +198,7 @@ impl Default for RunnersSection {
             max_concurrent: 10,
             max_per_repository: 5,
             max_attempts: 5,
+            idle_timeout_secs: 600,
             label_sets: Vec::new(),
             hardening: Hardening::default(),
         }

@@ -274,14 +274,95 @@ async fn a_runner_started_for_one_job_may_take_another() {
         Some(format!("ephemeral-{ja}").as_str())
     );
     assert_eq!(
-        job_b.container_id.as_deref(),
+        job_b.ran_in_container_id.as_deref(),
         Some(container_a.as_str()),
         "B ran in A's container"
     );
+    let own_b = job_b
+        .container_id
+        .clone()
+        .expect("B's own container is still recorded");
+    assert_ne!(own_b, container_a);
+    // And A in B's: each keeps its own container for exit handling.
+    let mut a_running = a.clone();
+    a_running.runner_name = Some(format!("ephemeral-{jb}"));
+    r.scaler
+        .ingest(JobAction::InProgress, &a_running, JobSource::Webhook)
+        .await
+        .unwrap();
+    let job_a = r.store.get_job(ja).await.unwrap().unwrap();
+    assert_eq!(job_a.status, JobStatus::Running);
+    assert_eq!(job_a.container_id.as_deref(), Some(container_a.as_str()));
+    assert_eq!(job_a.ran_in_container_id.as_deref(), Some(own_b.as_str()));
+
+    // Both containers exit after their swapped jobs: no failure is recorded.
+    for (job, c) in [(ja, &container_a), (jb, &own_b)] {
+        r.backend.exit(c, 0);
+        r.scaler.on_container_exit(c, Some(job), Some(0)).await;
+    }
+    for id in [ja, jb] {
+        let j = r.store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(j.status, JobStatus::Running);
+        assert_eq!(j.last_error, None);
+        assert_eq!(j.exit_code, Some(0));
+    }
+}
+
+#[tokio::test]
+async fn a_job_whose_runner_was_taken_by_another_job_gets_a_new_runner_without_a_failed_attempt() {
+    let mut config = AutoscaleConfig::default();
+    config.max_attempts = 1;
+    let r = rig(config).await;
+    let a = info(20, "o/r", &["self-hosted"]);
+    let b = info(21, "o/r", &["self-hosted"]);
+    let Ingested::Created(ja) = r
+        .scaler
+        .ingest(JobAction::Queued, &a, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let Ingested::Created(jb) = r
+        .scaler
+        .ingest(JobAction::Queued, &b, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let container_a = r
+        .store
+        .get_job(ja)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    let mut b_running = b.clone();
+    b_running.runner_name = Some(format!("ephemeral-{ja}"));
+    r.scaler
+        .ingest(JobAction::InProgress, &b_running, JobSource::Webhook)
+        .await
+        .unwrap();
+    // A's runner ran B and exits; A still waits on GitHub for a runner.
+    r.backend.exit(&container_a, 0);
+    r.scaler
+        .on_container_exit(&container_a, Some(ja), Some(0))
+        .await;
+    let job_a = r.store.get_job(ja).await.unwrap().unwrap();
+    assert_eq!(job_a.status, JobStatus::Queued, "{:?}", job_a.last_error);
+    assert_eq!(job_a.attempts, 0, "a hand-off is not a failed attempt");
+    assert!(job_a.last_error.unwrap().contains(&jb.to_string()));
+    settle(&r).await;
+    let job_a = r.store.get_job(ja).await.unwrap().unwrap();
     assert_eq!(
-        r.store.get_job(ja).await.unwrap().unwrap().status,
-        JobStatus::Provisioning
+        job_a.status,
+        JobStatus::Provisioning,
+        "a new runner is started at once"
     );
+    assert_ne!(job_a.container_id.as_deref(), Some(container_a.as_str()));
 }
 
 #[tokio::test]

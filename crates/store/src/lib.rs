@@ -403,6 +403,19 @@ impl JobStore for SqliteStore {
         .transpose()
     }
 
+    async fn find_job_ran_in_container(&self, container_id: &str) -> Result<Option<Job>, StoreError> {
+        sqlx::query(
+            "SELECT data FROM jobs WHERE json_extract(data, '$.ranInContainerId') = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(container_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -283,6 +283,17 @@ async fn tokens_audit_and_deliveries() {
 }
 
 #[tokio::test]
+async fn the_job_that_ran_in_another_jobs_container_is_found() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let mut j = webhook_job("o/r", 9);
+    j.ran_in_container_id = Some("c-1".into());
+    store.insert_job(&j).await.unwrap();
+    store.insert_job(&webhook_job("o/r", 10)).await.unwrap();
+    assert_eq!(store.find_job_ran_in_container("c-1").await.unwrap().map(|x| x.id), Some(j.id));
+    assert!(store.find_job_ran_in_container("c-2").await.unwrap().is_none());
+}
+
+#[tokio::test]
 async fn hook_jobs_are_found_for_linking_until_linked() {
     let store = SqliteStore::in_memory().await.unwrap();
     let mut job = hook_job("o/r", "build", "proxy-1", 42);
@@ -336,7 +347,7 @@ async fn a_file_database_survives_reopening_and_is_versioned() {
     {
         let store = SqliteStore::open(&path).await.unwrap();
         store.insert_job(&job).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 1);
+        assert_eq!(store.schema_version().await.unwrap(), 2);
         store.close().await;
     }
     let store = SqliteStore::open(&path).await.unwrap();
