@@ -15,7 +15,9 @@ use proxy_runner_docker::{DockerBackend, DockerOptions, RunnerImageOptions, ensu
 use proxy_runner_domain::Job;
 use proxy_runner_domain::ports::{ContainerBackend, JobFilter};
 use proxy_runner_emulator::EmulatorConfig;
-use proxy_runner_orchestrator::config::{BackendKind, Config, Secret};
+use proxy_runner_orchestrator::config::{
+    BackendKind, Config, GitHubSection, RunnersSection, Secret,
+};
 use rand::RngCore;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -61,7 +63,8 @@ fn random_secret(prefix: &str) -> String {
 
 /// The image tag is derived from the binary, so a rebuilt binary gets a fresh image.
 fn runner_image_tag(binary: &std::path::Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    let bytes =
+        std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
     let digest = hex::encode(Sha256::digest(&bytes));
     Ok(format!("proxy-runner-local-runner:{}", &digest[..16]))
 }
@@ -69,7 +72,10 @@ fn runner_image_tag(binary: &std::path::Path) -> anyhow::Result<String> {
 async fn default_bridge_gateway(docker: &DockerBackend) -> anyhow::Result<IpAddr> {
     let client = docker.client().await.context("Docker is not reachable")?;
     let net = client
-        .inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>)
+        .inspect_network(
+            "bridge",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
         .await
         .context("cannot inspect Docker's default bridge network")?;
     let configs = net.ipam.and_then(|i| i.config).unwrap_or_default();
@@ -106,13 +112,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     // 1. Docker and the runner image (built locally: nothing is pulled).
     let instance = format!("demo-{}", &random_secret("")[..8]);
-    let docker = DockerBackend::connect(DockerOptions { instance: Some(instance.clone()), ..DockerOptions::default() })
+    let docker = DockerBackend::connect(DockerOptions {
+        instance: Some(instance.clone()),
+        ..DockerOptions::default()
+    })
+    .await
+    .context("cannot set up Docker")?;
+    docker
+        .ping()
         .await
-        .context("cannot set up Docker")?;
-    docker.ping().await.context("Docker is not reachable; the demo needs a Docker Engine")?;
+        .context("Docker is not reachable; the demo needs a Docker Engine")?;
     let binary: PathBuf = std::env::current_exe().context("cannot find this executable")?;
     let image = runner_image_tag(&binary)?;
-    if ensure_runner_image(&docker, &RunnerImageOptions::new(image.clone(), binary.clone())).await? {
+    if ensure_runner_image(
+        &docker,
+        &RunnerImageOptions::new(image.clone(), binary.clone()),
+    )
+    .await?
+    {
         say(format!("built runner image {image} from this binary"));
     } else {
         say(format!("runner image {image} present"));
@@ -132,29 +149,44 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         .port();
     let public_url = format!("http://host.docker.internal:{port}");
     let emulator = proxy_runner_emulator::spawn(
-        EmulatorConfig { pats: vec![pat.clone()], public_url: Some(public_url.clone()), ..Default::default() },
+        EmulatorConfig {
+            pats: vec![pat.clone()],
+            public_url: Some(public_url.clone()),
+            ..Default::default()
+        },
         SocketAddr::new(host_ip, port),
     )
     .await
     .context("cannot start the GitHub emulator")?;
     let emulator_url = emulator.url();
-    say(format!("GitHub emulator at {emulator_url} (containers: {public_url})"));
+    say(format!(
+        "GitHub emulator at {emulator_url} (containers: {public_url})"
+    ));
 
     // 3. The orchestrator, with the Docker backend and a throw-away database.
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse()?;
-    config.database = dir.path().join("proxy-runner.db");
-    config.backend = BackendKind::Docker;
-    config.instance = instance.clone();
-    config.github.api_url = emulator_url.clone();
-    config.github.web_url = public_url.clone();
-    config.github.token = Secret::new(pat);
-    config.github.webhook_secret = Secret::new(webhook_secret.clone());
-    config.runners.image = image.clone();
-    config.runners.network_prefix = format!("proxy-runner-{instance}");
-    config.runners.max_concurrent = args.max_concurrent.max(1);
-    config.runners.max_per_repository = args.max_concurrent.max(1);
+    let defaults = Config::default();
+    let config = Config {
+        listen: "127.0.0.1:0".parse()?,
+        database: dir.path().join("proxy-runner.db"),
+        backend: BackendKind::Docker,
+        instance: instance.clone(),
+        github: GitHubSection {
+            api_url: emulator_url.clone(),
+            web_url: public_url.clone(),
+            token: Secret::new(pat),
+            webhook_secret: Secret::new(webhook_secret.clone()),
+            ..defaults.github.clone()
+        },
+        runners: RunnersSection {
+            image: image.clone(),
+            network_prefix: format!("proxy-runner-{instance}"),
+            max_concurrent: args.max_concurrent.max(1),
+            max_per_repository: args.max_concurrent.max(1),
+            ..defaults.runners.clone()
+        },
+        ..defaults
+    };
     config.validate()?;
     let orchestrator = crate::serve::start(config).await?;
     say(format!("orchestrator at {}", orchestrator.url));
@@ -190,7 +222,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         let id = resp["id"].as_u64().context("emulator gave no job id")?;
         emulator_jobs.push((id, repo, name));
     }
-    say(format!("queued {} jobs across {} repositories", args.jobs, args.repos.min(args.jobs)));
+    say(format!(
+        "queued {} jobs across {} repositories",
+        args.jobs,
+        args.repos.min(args.jobs)
+    ));
 
     // 5. Follow them to the end.
     let deadline = started + Duration::from_secs(args.timeout_secs);
@@ -198,11 +234,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let final_jobs = loop {
         let jobs = orchestrator
             .store
-            .list_jobs(&JobFilter { limit: 500, ..Default::default() })
+            .list_jobs(&JobFilter {
+                limit: 500,
+                ..Default::default()
+            })
             .await?;
         let mut all_done = jobs.len() >= args.jobs;
         for (id, repo, name) in &emulator_jobs {
-            let ej: Value = http.get(format!("{emulator_url}/_emulator/jobs/{id}")).send().await?.json().await?;
+            let ej: Value = http
+                .get(format!("{emulator_url}/_emulator/jobs/{id}"))
+                .send()
+                .await?
+                .json()
+                .await?;
             let ours = jobs.iter().find(|j| j.github_job_id == Some(*id));
             let state = format!(
                 "{} / {}",
@@ -232,11 +276,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             let live = docker.list(&instance).await?;
-            let runners: Vec<Value> = http.get(format!("{emulator_url}/_emulator/runners")).send().await?.json().await?;
+            let runners: Vec<Value> = http
+                .get(format!("{emulator_url}/_emulator/runners"))
+                .send()
+                .await?
+                .json()
+                .await?;
             let networks = our_networks(&docker, &instance).await?;
-            if (live.is_empty() && runners.is_empty() && networks.is_empty()) || Instant::now() > until {
+            if (live.is_empty() && runners.is_empty() && networks.is_empty())
+                || Instant::now() > until
+            {
                 leftovers.extend(live.iter().map(|c| format!("container {}", c.name)));
-                leftovers.extend(runners.iter().map(|r| format!("runner {}", r["name"].as_str().unwrap_or("?"))));
+                leftovers.extend(
+                    runners
+                        .iter()
+                        .map(|r| format!("runner {}", r["name"].as_str().unwrap_or("?"))),
+                );
                 leftovers.extend(networks.iter().map(|n| format!("network {n}")));
                 break;
             }
@@ -247,19 +302,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let mut rows = Vec::new();
     let mut all_ok = true;
     for (id, repo, name) in &emulator_jobs {
-        let ej: Value = http.get(format!("{emulator_url}/_emulator/jobs/{id}")).send().await?.json().await?;
+        let ej: Value = http
+            .get(format!("{emulator_url}/_emulator/jobs/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
         let ours: Option<&Job> = final_jobs.iter().find(|j| j.github_job_id == Some(*id));
         let conclusion = ej["conclusion"].as_str().unwrap_or("-").to_string();
-        all_ok &= conclusion == "success" && ours.is_some_and(|j| j.conclusion.as_deref() == Some("success"));
+        all_ok &= conclusion == "success"
+            && ours.is_some_and(|j| j.conclusion.as_deref() == Some("success"));
         rows.push(Row {
             job: name.clone(),
             repository: repo.clone(),
             runner: ej["runnerName"].as_str().unwrap_or("-").to_string(),
             container: ours
-                .and_then(|j| j.ran_in_container_id.as_deref().or(j.container_id.as_deref()))
+                .and_then(|j| {
+                    j.ran_in_container_id
+                        .as_deref()
+                        .or(j.container_id.as_deref())
+                })
                 .map(|c| c.chars().take(12).collect())
                 .unwrap_or_else(|| "-".into()),
-            queue_to_start: ours.and_then(|j| j.started_at.map(|s| (s - j.created_at).num_milliseconds() as f64 / 1000.0)),
+            queue_to_start: ours.and_then(|j| {
+                j.started_at
+                    .map(|s| (s - j.created_at).num_milliseconds() as f64 / 1000.0)
+            }),
             duration: ours.and_then(|j| match (j.started_at, j.completed_at) {
                 (Some(s), Some(c)) => Some((c - s).num_milliseconds() as f64 / 1000.0),
                 _ => None,
@@ -268,22 +336,46 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         });
     }
     print_table(&rows);
-    for job in final_jobs.iter().filter(|j| j.last_error.is_some() && j.conclusion.as_deref() != Some("success")) {
-        println!("job {} ({} {}): {}", job.id, job.repository, job.job_key, job.last_error.as_deref().unwrap_or(""));
+    for job in final_jobs
+        .iter()
+        .filter(|j| j.last_error.is_some() && j.conclusion.as_deref() != Some("success"))
+    {
+        println!(
+            "job {} ({} {}): {}",
+            job.id,
+            job.repository,
+            job.job_key,
+            job.last_error.as_deref().unwrap_or("")
+        );
     }
     if args.steps.is_empty()
         && let Some((id, _, _)) = emulator_jobs.first()
     {
-        let ej: Value = http.get(format!("{emulator_url}/_emulator/jobs/{id}")).send().await?.json().await?;
+        let ej: Value = http
+            .get(format!("{emulator_url}/_emulator/jobs/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
         println!("\nsteps of {} (run inside its container):", rows[0].job);
         for s in ej["steps"].as_array().into_iter().flatten() {
-            println!("  $ {}\n    {}", s["command"].as_str().unwrap_or(""), s["output"].as_str().unwrap_or("").trim_end().replace('\n', "\n    "));
+            println!(
+                "  $ {}\n    {}",
+                s["command"].as_str().unwrap_or(""),
+                s["output"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_end()
+                    .replace('\n', "\n    ")
+            );
         }
     }
     if !leftovers.is_empty() {
         println!("\nleft behind: {}", leftovers.join(", "));
     } else if !args.keep {
-        println!("\nnothing left behind: no container, network or registered runner of this demo remains");
+        println!(
+            "\nnothing left behind: no container, network or registered runner of this demo remains"
+        );
     }
     orchestrator.shutdown().await?;
     emulator.shutdown().await;
@@ -302,10 +394,15 @@ async fn our_networks(docker: &DockerBackend, instance: &str) -> anyhow::Result<
     let client = docker.client().await?;
     let filters = std::collections::HashMap::from([(
         "label".to_string(),
-        vec![format!("{}={instance}", proxy_runner_domain::ports::labels::INSTANCE)],
+        vec![format!(
+            "{}={instance}",
+            proxy_runner_domain::ports::labels::INSTANCE
+        )],
     )]);
     let nets = client
-        .list_networks(Some(bollard::query_parameters::ListNetworksOptions { filters: Some(filters) }))
+        .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+            filters: Some(filters),
+        }))
         .await?;
     Ok(nets.into_iter().filter_map(|n| n.name).collect())
 }
@@ -313,8 +410,8 @@ async fn our_networks(docker: &DockerBackend, instance: &str) -> anyhow::Result<
 fn print_table(rows: &[Row]) {
     let secs = |v: Option<f64>| v.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into());
     println!(
-        "\n{:<8}  {:<20}  {:<46}  {:<12}  {:>14}  {:>9}  {}",
-        "JOB", "REPOSITORY", "RUNNER", "CONTAINER", "QUEUE→START", "DURATION", "RESULT"
+        "\n{:<8}  {:<20}  {:<46}  {:<12}  {:>14}  {:>9}  RESULT",
+        "JOB", "REPOSITORY", "RUNNER", "CONTAINER", "QUEUE→START", "DURATION"
     );
     for r in rows {
         println!(

@@ -40,7 +40,10 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let webhook = match (args.webhook_url, args.webhook_secret) {
-        (Some(url), Some(secret)) => Some(WebhookTarget { url, secret: SecretString::from(secret) }),
+        (Some(url), Some(secret)) => Some(WebhookTarget {
+            url,
+            secret: SecretString::from(secret),
+        }),
         _ => None,
     };
     let running = proxy_runner_emulator::spawn(

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use proxy_runner_docker::{DockerBackend, DockerOptions};
+use proxy_runner_domain::JobSource;
 use proxy_runner_domain::labels::LabelSet;
 use proxy_runner_domain::ports::{ContainerBackend, JobStore, RunnerRegistry, SystemClock};
 use proxy_runner_domain::schedule::Caps;
-use proxy_runner_domain::JobSource;
 use proxy_runner_github::{Auth, GitHubClient, GitHubConfig, Poller, load_private_key};
 use proxy_runner_orchestrator::autoscaler::{AutoscaleConfig, Autoscaler, JobAction, Pool};
 use proxy_runner_orchestrator::config::{BackendKind, Config};
@@ -24,8 +24,14 @@ pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PROXY_RUNNER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("PROXY_RUNNER_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// A running orchestrator.
@@ -84,7 +90,10 @@ fn autoscale_config(config: &Config) -> anyhow::Result<AutoscaleConfig> {
         instance: config.instance.clone(),
         image: r.image.clone(),
         network_prefix: r.network_prefix.clone(),
-        caps: Caps { global: r.max_concurrent, per_repository: r.max_per_repository },
+        caps: Caps {
+            global: r.max_concurrent,
+            per_repository: r.max_per_repository,
+        },
         max_attempts: r.max_attempts,
         registration: config.github.registration,
         runner_group_id: config.github.runner_group_id,
@@ -107,9 +116,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let backend: Arc<dyn ContainerBackend> = match config.backend {
         BackendKind::DryRun => Arc::new(DryRunBackend::new()),
         BackendKind::Docker => Arc::new(
-            DockerBackend::connect(DockerOptions { instance: Some(config.instance.clone()), ..DockerOptions::default() })
-                .await
-                .context("cannot set up the Docker backend")?,
+            DockerBackend::connect(DockerOptions {
+                instance: Some(config.instance.clone()),
+                ..DockerOptions::default()
+            })
+            .await
+            .context("cannot set up the Docker backend")?,
         ),
     };
     metrics::describe();
@@ -131,7 +143,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Some(scaler)
         }
         None => {
-            tracing::warn!("no GitHub credentials configured: webhooks and autoscaling are off, the delegation API works");
+            tracing::warn!(
+                "no GitHub credentials configured: webhooks and autoscaling are off, the delegation API works"
+            );
             None
         }
     };
@@ -153,9 +167,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.admin_token.get().cloned(),
     ));
     if !config.admin_token.is_set() {
-        tracing::warn!("no admin token configured (PROXY_RUNNER_ADMIN_TOKEN): admin calls will be refused");
+        tracing::warn!(
+            "no admin token configured (PROXY_RUNNER_ADMIN_TOKEN): admin calls will be refused"
+        );
     }
-    let state = AppState { orchestrator, metrics: metrics::prometheus(), started: Instant::now() };
+    let state = AppState {
+        orchestrator,
+        metrics: metrics::prometheus(),
+        started: Instant::now(),
+    };
     let router = app(state).merge(webhook::routes(WebhookState {
         secret: config.github.webhook_secret.get().cloned(),
         autoscaler,
@@ -173,10 +193,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
             .context("HTTP server failed")
     });
-    Ok(Running { url: format!("http://{addr}"), store, stop, server, loops })
+    Ok(Running {
+        url: format!("http://{addr}"),
+        store,
+        stop,
+        server,
+        loops,
+    })
 }
 
-fn spawn_poller(poller: Poller, scaler: Arc<Autoscaler>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn spawn_poller(
+    poller: Poller,
+    scaler: Arc<Autoscaler>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let outcome = poller.poll_once().await;

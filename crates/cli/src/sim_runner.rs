@@ -35,11 +35,23 @@ pub async fn run(args: SimRunnerArgs) -> i32 {
     let runner = match (&args.jitconfig, &args.url, &args.token) {
         (Some(jit), _, _) if !jit.is_empty() => SimRunner::from_jit_config(jit),
         (_, Some(url), Some(token)) => {
-            let name = args.name.clone().unwrap_or_else(|| format!("sim-runner-{}", std::process::id()));
-            SimRunner::register(url, &SecretString::from(token.clone()), &name, &args.labels, true).await
+            let name = args
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("sim-runner-{}", std::process::id()));
+            SimRunner::register(
+                url,
+                &SecretString::from(token.clone()),
+                &name,
+                &args.labels,
+                true,
+            )
+            .await
         }
         _ => {
-            eprintln!("error: no runner configuration: set ACTIONS_RUNNER_INPUT_JITCONFIG (or --jitconfig), or GITHUB_URL and RUNNER_TOKEN");
+            eprintln!(
+                "error: no runner configuration: set ACTIONS_RUNNER_INPUT_JITCONFIG (or --jitconfig), or GITHUB_URL and RUNNER_TOKEN"
+            );
             return 1;
         }
     };
@@ -51,7 +63,12 @@ pub async fn run(args: SimRunnerArgs) -> i32 {
             return e.exit_code();
         }
     };
-    eprintln!("sim-runner {} (id {}) waiting for a job at {}", runner.name(), runner.id(), runner.server_url());
+    eprintln!(
+        "sim-runner {} (id {}) waiting for a job at {}",
+        runner.name(),
+        runner.id(),
+        runner.server_url()
+    );
     let executor = ShellExecutor {
         timeout: Duration::from_secs(args.step_timeout_secs),
         ..ShellExecutor::default()
@@ -64,9 +81,16 @@ pub async fn run(args: SimRunnerArgs) -> i32 {
         Ok(outcome) => {
             if let Some(job) = outcome.job() {
                 for (i, step) in job.steps.iter().enumerate() {
-                    eprintln!("step {i}: exit {}\n{}", step.exit_code, step.output.trim_end());
+                    eprintln!(
+                        "step {i}: exit {}\n{}",
+                        step.exit_code,
+                        step.output.trim_end()
+                    );
                 }
-                eprintln!("job {} of {} finished: {}", job.job_id, job.repository, job.conclusion);
+                eprintln!(
+                    "job {} of {} finished: {}",
+                    job.job_id, job.repository, job.conclusion
+                );
             } else {
                 eprintln!("no job came in time");
             }

@@ -246,7 +246,9 @@ async fn planted_secrets_appear_nowhere() {
 /// Runs one of the seed's hook scripts with bash as the runner would
 /// (`bash -e`), in an environment like the runner's at hook time.
 fn run_seed_hook(script: &str, url: &str, token: &str) -> std::process::Output {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/seed-hooks").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/seed-hooks")
+        .join(script);
     Command::new("bash")
         .arg("-e")
         .arg(&path)
@@ -271,12 +273,24 @@ fn run_seed_hook(script: &str, url: &str, token: &str) -> std::process::Output {
 #[tokio::test]
 async fn the_seed_hook_scripts_run_verbatim_against_the_api() {
     for tool in ["bash", "curl", "jq"] {
-        let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().unwrap().status.success();
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .unwrap()
+            .status
+            .success();
         assert!(found, "{tool} is needed to run the seed's hook scripts");
     }
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir.path().join("jobs.db"), &dir.path().join("log"));
-    let (_, body, _) = call("POST", &format!("{}/api/tokens", server.url), ADMIN, Some(r#"{"runner":"proxy-1"}"#.into())).await;
+    let (_, body, _) = call(
+        "POST",
+        &format!("{}/api/tokens", server.url),
+        ADMIN,
+        Some(r#"{"runner":"proxy-1"}"#.into()),
+    )
+    .await;
     let token = body["token"].as_str().unwrap().to_string();
 
     let started = run_seed_hook("job-started.sh", &server.url, &token);
@@ -290,12 +304,28 @@ async fn the_seed_hook_scripts_run_verbatim_against_the_api() {
     assert_eq!(job["jobId"], "build");
     assert_eq!(job["runId"], 123456789);
     assert_eq!(job["repository"], "octo-org/octo-repo");
-    assert_eq!(job["labels"], serde_json::json!(["self-hosted", "linux", "proxy"]));
-    assert!(job["environment"].get("RUNNER_TOKEN").is_none(), "the token in the hook's env is not stored");
+    assert_eq!(
+        job["labels"],
+        serde_json::json!(["self-hosted", "linux", "proxy"])
+    );
+    assert!(
+        job["environment"].get("RUNNER_TOKEN").is_none(),
+        "the token in the hook's env is not stored"
+    );
     assert_eq!(job["environment"]["GITHUB_WORKFLOW"], "CI");
 
     let completed = run_seed_hook("job-completed.sh", &server.url, &token);
-    assert!(completed.status.success(), "{}", String::from_utf8_lossy(&completed.stderr));
-    let (_, after, _) = call("GET", &format!("{}/api/jobs/{}", server.url, job["id"].as_str().unwrap()), ADMIN, None).await;
+    assert!(
+        completed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&completed.stderr)
+    );
+    let (_, after, _) = call(
+        "GET",
+        &format!("{}/api/jobs/{}", server.url, job["id"].as_str().unwrap()),
+        ADMIN,
+        None,
+    )
+    .await;
     assert_eq!(after["status"], "completed");
 }

@@ -151,7 +151,10 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// The job that ran in `container_id` although the container was
     /// started for another job.
-    async fn find_job_ran_in_container(&self, container_id: &str) -> Result<Option<Job>, StoreError>;
+    async fn find_job_ran_in_container(
+        &self,
+        container_id: &str,
+    ) -> Result<Option<Job>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 }

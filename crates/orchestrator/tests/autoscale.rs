@@ -310,8 +310,10 @@ async fn a_runner_started_for_one_job_may_take_another() {
 
 #[tokio::test]
 async fn a_job_whose_runner_was_taken_by_another_job_gets_a_new_runner_without_a_failed_attempt() {
-    let mut config = AutoscaleConfig::default();
-    config.max_attempts = 1;
+    let config = AutoscaleConfig {
+        max_attempts: 1,
+        ..AutoscaleConfig::default()
+    };
     let r = rig(config).await;
     let a = info(20, "o/r", &["self-hosted"]);
     let b = info(21, "o/r", &["self-hosted"]);
@@ -412,10 +414,12 @@ async fn hook_delegations_and_webhooks_for_one_job_end_on_one_record() {
 
 #[tokio::test]
 async fn caps_hold_under_a_burst_of_fifty_jobs_and_repositories_take_turns() {
-    let mut config = AutoscaleConfig::default();
-    config.caps = Caps {
-        global: 10,
-        per_repository: 4,
+    let config = AutoscaleConfig {
+        caps: Caps {
+            global: 10,
+            per_repository: 4,
+        },
+        ..AutoscaleConfig::default()
     };
     let r = rig(config).await;
     let repos = ["a/one", "b/two", "c/three"];
@@ -486,10 +490,12 @@ async fn caps_hold_under_a_burst_of_fifty_jobs_and_repositories_take_turns() {
 
 #[tokio::test]
 async fn a_runner_that_dies_before_taking_its_job_is_retried_then_given_up() {
-    let mut config = AutoscaleConfig::default();
-    config.max_attempts = 2;
-    config.retry_base = Duration::from_millis(1);
-    config.retry_max = Duration::from_millis(5);
+    let config = AutoscaleConfig {
+        max_attempts: 2,
+        retry_base: Duration::from_millis(1),
+        retry_max: Duration::from_millis(5),
+        ..AutoscaleConfig::default()
+    };
     let r = rig(config).await;
     let Ingested::Created(id) = r
         .scaler
@@ -528,9 +534,11 @@ async fn a_runner_that_dies_before_taking_its_job_is_retried_then_given_up() {
 
 #[tokio::test]
 async fn github_failures_requeue_or_fail_by_kind() {
-    let mut config = AutoscaleConfig::default();
-    config.retry_base = Duration::from_millis(1);
-    config.retry_max = Duration::from_millis(2);
+    let config = AutoscaleConfig {
+        retry_base: Duration::from_millis(1),
+        retry_max: Duration::from_millis(2),
+        ..AutoscaleConfig::default()
+    };
     let r = rig(config).await;
     r.registry.fail_next_jit(GitHubError::Http {
         status: 502,

@@ -403,7 +403,10 @@ impl JobStore for SqliteStore {
         .transpose()
     }
 
-    async fn find_job_ran_in_container(&self, container_id: &str) -> Result<Option<Job>, StoreError> {
+    async fn find_job_ran_in_container(
+        &self,
+        container_id: &str,
+    ) -> Result<Option<Job>, StoreError> {
         sqlx::query(
             "SELECT data FROM jobs WHERE json_extract(data, '$.ranInContainerId') = ? ORDER BY id DESC LIMIT 1",
         )

@@ -289,8 +289,21 @@ async fn the_job_that_ran_in_another_jobs_container_is_found() {
     j.ran_in_container_id = Some("c-1".into());
     store.insert_job(&j).await.unwrap();
     store.insert_job(&webhook_job("o/r", 10)).await.unwrap();
-    assert_eq!(store.find_job_ran_in_container("c-1").await.unwrap().map(|x| x.id), Some(j.id));
-    assert!(store.find_job_ran_in_container("c-2").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .find_job_ran_in_container("c-1")
+            .await
+            .unwrap()
+            .map(|x| x.id),
+        Some(j.id)
+    );
+    assert!(
+        store
+            .find_job_ran_in_container("c-2")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
