@@ -103,13 +103,24 @@ struct Row {
     result: String,
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
-    if args.jobs == 0 || args.repos == 0 {
-        bail!("--jobs and --repos must be at least 1");
-    }
-    let started = Instant::now();
-    let say = |msg: String| println!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
+/// Docker, the runner image, the emulator and the orchestrator, wired
+/// together: what the demo and the benchmark run on.
+pub struct Rig {
+    pub docker: DockerBackend,
+    pub instance: String,
+    pub image: String,
+    pub emulator: proxy_runner_emulator::RunningEmulator,
+    pub emulator_url: String,
+    pub orchestrator: crate::serve::Running,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
 
+pub async fn rig(
+    host_ip_arg: Option<IpAddr>,
+    max_concurrent: usize,
+    say: &dyn Fn(String),
+) -> anyhow::Result<Rig> {
     // 1. Docker and the runner image (built locally: nothing is pulled).
     let instance = format!("demo-{}", &random_secret("")[..8]);
     let docker = DockerBackend::connect(DockerOptions {
@@ -136,7 +147,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
 
     // 2. The GitHub emulator, reachable from job containers.
-    let host_ip = match args.host_ip {
+    let host_ip = match host_ip_arg {
         Some(ip) => ip,
         None => default_bridge_gateway(&docker).await?,
     };
@@ -181,8 +192,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         runners: RunnersSection {
             image: image.clone(),
             network_prefix: format!("proxy-runner-{instance}"),
-            max_concurrent: args.max_concurrent.max(1),
-            max_per_repository: args.max_concurrent.max(1),
+            max_concurrent: max_concurrent.max(1),
+            max_per_repository: max_concurrent.max(1),
             ..defaults.runners.clone()
         },
         ..defaults
@@ -200,6 +211,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if !resp.status().is_success() {
         bail!("emulator refused the webhook target: {}", resp.status());
     }
+    Ok(Rig {
+        docker,
+        instance,
+        image,
+        emulator,
+        emulator_url,
+        orchestrator,
+        http,
+        _dir: dir,
+    })
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
+    if args.jobs == 0 || args.repos == 0 {
+        bail!("--jobs and --repos must be at least 1");
+    }
+    let started = Instant::now();
+    let say = |msg: String| println!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
+
+    let Rig {
+        docker,
+        instance,
+        image: _,
+        emulator,
+        emulator_url,
+        orchestrator,
+        http,
+        _dir,
+    } = rig(args.host_ip, args.max_concurrent, &say).await?;
 
     // 4. Queue the jobs.
     let steps: Vec<String> = if args.steps.is_empty() {

@@ -1,5 +1,6 @@
 //! `proxy-runner`: one binary for the orchestrator and its tools.
 
+mod bench;
 mod client;
 mod demo;
 mod emulator;
@@ -50,6 +51,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Measure queued-job-to-container latency next to plain `docker run` (prints figures).
+    #[command(hide = true)]
+    Bench(bench::BenchArgs),
     /// Run the whole autoscaling flow on this machine against a local GitHub emulator.
     Demo(demo::DemoArgs),
     /// Run a local GitHub emulator (REST API, webhooks, job queue) for tests and demos.
@@ -177,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("the demo did not pass")
             }
         }
+        Command::Bench(args) => bench::run(args).await,
         Command::Emulator(args) => {
             serve::init_logging();
             emulator::run(args).await
