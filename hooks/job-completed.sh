@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# ACTIONS_RUNNER_HOOK_JOB_COMPLETED: tells the orchestrator the job ended.
+#
+# Runs with `bash -e` after the job's last step, whatever the job's result.
+# A failed report must not turn a passing job red, so every failure here is a
+# warning and the hook exits 0; the orchestrator's reconciler settles jobs
+# whose report never came.
+set -uo pipefail
+
+url="${ORCHESTRATOR_URL:-}"
+token="${PROXY_RUNNER_TOKEN:-${RUNNER_TOKEN:-}}"
+if [ -z "$url" ] || [ -z "$token" ] || [ -z "${GITHUB_JOB:-}" ]; then
+  echo "::warning::proxy-runner: ORCHESTRATOR_URL, PROXY_RUNNER_TOKEN or GITHUB_JOB missing; completion not reported"
+  exit 0
+fi
+
+# GITHUB_JOB is a job key; the orchestrator resolves it to this runner's active job.
+job=$(jq -rn --arg j "$GITHUB_JOB" '$j | @uri')
+status=$(curl --silent --show-error --max-time 30 \
+  --retry 3 --retry-connrefused --retry-delay 2 \
+  -o /dev/null --write-out '%{http_code}' \
+  -X POST "${url%/}/api/jobs/${job}/complete" \
+  -H "Authorization: Bearer ${token}" 2>&1) || status="unreachable: ${status##*$'\n'}"
+case "$status" in
+  200) echo "proxy-runner: completion reported" ;;
+  *) echo "::warning::proxy-runner: completion not reported (${status})" ;;
+esac
+exit 0
