@@ -163,7 +163,7 @@ async fn docker_run(args: &[String]) -> anyhow::Result<f64> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let say = |m: String| eprintln!("[{:6.1}s] {m}", t0.elapsed().as_secs_f64());
-    let r = rig(args.host_ip, args.burst.max(1), &say).await?;
+    let r = rig(args.host_ip, args.burst.max(1), args.burst.max(1), &say).await?;
     let store = r.orchestrator.store.clone();
     let run_args = docker_run_args(&r);
 

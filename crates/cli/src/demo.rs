@@ -39,6 +39,9 @@ pub struct DemoArgs {
     /// Live job containers at most.
     #[arg(long, default_value_t = 4)]
     pub max_concurrent: usize,
+    /// Live job containers of one repository at most (default: --max-concurrent).
+    #[arg(long)]
+    pub max_per_repository: Option<usize>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
@@ -119,6 +122,7 @@ pub struct Rig {
 pub async fn rig(
     host_ip_arg: Option<IpAddr>,
     max_concurrent: usize,
+    max_per_repository: usize,
     say: &dyn Fn(String),
 ) -> anyhow::Result<Rig> {
     // 1. Docker and the runner image (built locally: nothing is pulled).
@@ -193,7 +197,7 @@ pub async fn rig(
             image: image.clone(),
             network_prefix: format!("proxy-runner-{instance}"),
             max_concurrent: max_concurrent.max(1),
-            max_per_repository: max_concurrent.max(1),
+            max_per_repository: max_per_repository.max(1),
             ..defaults.runners.clone()
         },
         ..defaults
@@ -239,7 +243,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         orchestrator,
         http,
         _dir,
-    } = rig(args.host_ip, args.max_concurrent, &say).await?;
+    } = rig(
+        args.host_ip,
+        args.max_concurrent,
+        args.max_per_repository.unwrap_or(args.max_concurrent),
+        &say,
+    )
+    .await?;
 
     // 4. Queue the jobs.
     let steps: Vec<String> = if args.steps.is_empty() {

@@ -23,34 +23,39 @@ impl Drop for Server {
 }
 
 fn start(db: &Path, log: &Path) -> Server {
+    start_with(db, log, &["--backend", "dry-run"], &[])
+}
+
+fn start_with(db: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            "dry-run",
-            "--db",
-        ])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxy-runner"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
         .arg(db)
+        .args(args)
         .env("PROXY_RUNNER_ADMIN_TOKEN", ADMIN)
         .env("PROXY_RUNNER_LOG", "trace")
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::from(log_file));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
     let url = line
         .trim()
         .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line {line:?}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
         .to_string();
     Server { child, url }
 }
@@ -328,4 +333,222 @@ async fn the_seed_hook_scripts_run_verbatim_against_the_api() {
     )
     .await;
     assert_eq!(after["status"], "completed");
+}
+
+#[tokio::test]
+async fn an_unreachable_docker_engine_fails_readiness_not_liveness() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(
+        &dir.path().join("jobs.db"),
+        &dir.path().join("log"),
+        &["--backend", "docker"],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    let (s, health, _) = call("GET", &format!("{}/healthz", server.url), ADMIN, None).await;
+    assert_eq!(s, 200, "{health}");
+    let (s, ready, _) = call("GET", &format!("{}/readyz", server.url), ADMIN, None).await;
+    assert_eq!(s, 503);
+    assert_eq!(ready["ready"], false);
+    assert_eq!(ready["checks"]["store"]["ok"], true);
+    assert!(
+        ready["checks"]["backend"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{ready}"
+    );
+    let (_, metrics, _) = call("GET", &format!("{}/metrics", server.url), ADMIN, None).await;
+    let _ = metrics;
+    let text = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("proxy_runner_backend_up 0"), "{text}");
+}
+
+fn cli(args: &[&str], url: &str, admin: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxy-runner"));
+    cmd.args(args)
+        .env("ORCHESTRATOR_URL", url)
+        .env_remove("PROXY_RUNNER_ADMIN_TOKEN");
+    if let Some(a) = admin {
+        cmd.env("PROXY_RUNNER_ADMIN_TOKEN", a);
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test]
+async fn the_client_commands_talk_to_a_running_orchestrator() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("jobs.db"), &dir.path().join("log"));
+
+    let out = cli(
+        &["token", "create", "--runner", "proxy-9"],
+        &server.url,
+        Some(ADMIN),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let token = stdout.trim();
+    assert!(
+        token.starts_with("prt_") && !token.contains('\n'),
+        "prints only the token: {stdout:?}"
+    );
+
+    let body = r#"{"jobId":"lint","runId":"5","repository":"o/r","runnerName":"proxy-9","labels":"self-hosted"}"#;
+    let (s, job, _) = call(
+        "POST",
+        &format!("{}/api/jobs/delegate", server.url),
+        token,
+        Some(body.into()),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let id = job["id"].as_str().unwrap();
+
+    let out = cli(&["jobs", "list"], &server.url, Some(ADMIN));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(table.lines().next().unwrap().starts_with("ID"), "{table}");
+    assert!(
+        table.contains(id) && table.contains("running") && table.contains("o/r"),
+        "{table}"
+    );
+
+    let out = cli(
+        &["jobs", "list", "--status", "completed", "--json"],
+        &server.url,
+        Some(ADMIN),
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed, serde_json::json!([]));
+
+    let out = cli(&["jobs", "show", id, "--json"], &server.url, Some(ADMIN));
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["jobId"], "lint");
+
+    // Errors are clear and exit non-zero.
+    let out = cli(
+        &["jobs", "list", "--status", "bogus"],
+        &server.url,
+        Some(ADMIN),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("status"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["jobs", "list"], &server.url, None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PROXY_RUNNER_ADMIN_TOKEN"));
+    let out = cli(&["jobs", "list"], "http://127.0.0.1:9", Some(ADMIN));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the orchestrator"));
+    let out = cli(&["token", "revoke", "nope"], &server.url, Some(ADMIN));
+    assert!(!out.status.success());
+}
+
+#[test]
+fn config_check_prints_the_effective_config_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:9999\"\n[github]\ntoken = \"ghp_file-SECRET-77\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .env("PROXY_RUNNER_WEBHOOK_SECRET", "whsec-env-SECRET-78")
+        .env("PROXY_RUNNER_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("listen = \"127.0.0.1:9999\""), "{text}");
+    assert!(
+        text.contains("token = \"***\"") && text.contains("webhook_secret = \"***\""),
+        "{text}"
+    );
+    for s in ["ghp_file-SECRET-77", "whsec-env-SECRET-78", ADMIN] {
+        assert!(!text.contains(s), "{s} leaked");
+    }
+    std::fs::write(&file, "lisen = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+}
+
+#[tokio::test]
+async fn polling_finds_queued_jobs_when_webhooks_cannot_reach_us() {
+    let emulator = proxy_runner_emulator::spawn(
+        proxy_runner_emulator::EmulatorConfig {
+            pats: vec!["ghp_poll".into()],
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/_emulator/jobs", emulator.url()))
+        .json(&serde_json::json!({"repository": "octo/polled", "labels": ["self-hosted"], "steps": ["true"], "workflow": "CI", "name": "build"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[github.poll]\nrepositories = [\"octo/polled\"]\ninterval_secs = 1\n",
+    )
+    .unwrap();
+    let server = start_with(
+        &dir.path().join("jobs.db"),
+        &dir.path().join("log"),
+        &["--backend", "dry-run", "--config", cfg.to_str().unwrap()],
+        &[
+            ("PROXY_RUNNER_GITHUB_API_URL", &emulator.url()),
+            ("PROXY_RUNNER_GITHUB_TOKEN", "ghp_poll"),
+        ],
+    );
+    let mut found = Value::Null;
+    for _ in 0..100 {
+        let (_, list, _) = call("GET", &format!("{}/api/jobs", server.url), ADMIN, None).await;
+        if let Some(j) = list["jobs"].as_array().and_then(|a| a.first()) {
+            found = j.clone();
+            if j["status"] == "provisioning" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found["source"], "poll", "{found}");
+    assert_eq!(found["githubJobId"], created["id"]);
+    assert_eq!(found["repository"], "octo/polled");
+    assert_eq!(
+        found["status"], "provisioning",
+        "the dry-run engine was asked for a runner: {found}"
+    );
+    drop(server);
+    emulator.shutdown().await;
 }

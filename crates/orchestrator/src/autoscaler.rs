@@ -61,6 +61,10 @@ pub struct AutoscaleConfig {
     pub idle_timeout: Duration,
     pub tick: Duration,
     pub reconcile_every: Duration,
+    /// When a job's runner took another job, the runner started for that
+    /// other job is normally free to take this one: a new runner is started
+    /// only if none took the job within this grace.
+    pub handoff_grace: Duration,
 }
 
 impl Default for AutoscaleConfig {
@@ -85,6 +89,7 @@ impl Default for AutoscaleConfig {
             idle_timeout: Duration::from_secs(600),
             tick: Duration::from_millis(500),
             reconcile_every: Duration::from_secs(15),
+            handoff_grace: Duration::from_secs(10),
         }
     }
 }
@@ -345,6 +350,8 @@ impl Autoscaler {
     async fn after_github_finished(&self, before: &Job, job: &Job) {
         if before.status == JobStatus::Provisioning
             && let Some(container) = &before.container_id
+            // Its runner may already be running another job with the same labels.
+            && matches!(self.store.find_job_ran_in_container(container).await, Ok(None))
         {
             tracing::info!(job = %job.id, container = %container, "job finished elsewhere; stopping its idle runner");
             if let Err(e) = self.backend.stop(container, Duration::from_secs(10)).await
@@ -464,16 +471,21 @@ impl Autoscaler {
             started.push(job.id);
             let this = Arc::clone(self);
             tokio::spawn(async move {
-                let id = job.id;
-                this.provision(job).await;
+                let (id, repository) = (job.id, job.repository.clone());
+                let started = this.provision(job).await;
                 this.in_flight.lock().expect("lock").remove(&id);
+                if !started {
+                    // The network may have been created for nothing.
+                    this.remove_network_when_unused(&repository).await;
+                }
             });
         }
         Ok(started)
     }
 
     /// Mints credentials, ensures the network, starts the container.
-    async fn provision(&self, mut job: Job) {
+    /// Returns whether a container was started.
+    async fn provision(&self, mut job: Job) -> bool {
         let started = std::time::Instant::now();
         match self.try_provision(&mut job).await {
             Ok(container_id) => {
@@ -494,8 +506,12 @@ impl Autoscaler {
                     }),
                 )
                 .await;
+                true
             }
-            Err(failure) => self.provisioning_failed(job, failure).await,
+            Err(failure) => {
+                self.provisioning_failed(job, failure).await;
+                false
+            }
         }
     }
 
@@ -584,16 +600,18 @@ impl Autoscaler {
                 .unwrap_or_else(|| self.config.hardening.clone()),
             auto_remove: true,
         };
-        let started = match self.backend.start(&spec).await {
-            Err(BackendError::NameConflict(_)) => {
-                // A container of an earlier attempt is still there: replace it.
-                if let Some(old) = &job.container_id {
-                    let _ = self.backend.stop(old, Duration::from_secs(5)).await;
-                }
-                self.backend.start(&spec).await
+        let mut started = self.backend.start(&spec).await;
+        // A container of an earlier attempt still holds the name: the engine
+        // removes exited auto-remove containers shortly after their exit
+        // event, so stop it (by name) and wait for the name to come free.
+        for _ in 0..20 {
+            if !matches!(started, Err(BackendError::NameConflict(_))) {
+                break;
             }
-            other => other,
-        };
+            let _ = self.backend.stop(&spec.name, Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            started = self.backend.start(&spec).await;
+        }
         let started = match started {
             Ok(s) => s,
             Err(e) => {
@@ -665,7 +683,10 @@ impl Autoscaler {
         if job.transition(target, now).is_err() {
             return;
         }
-        if !give_up && failure.delay {
+        if !give_up && failure.handoff {
+            let grace = chrono::Duration::from_std(self.config.handoff_grace).unwrap_or_default();
+            job.not_before = Some(now + grace);
+        } else if !give_up && failure.delay {
             let delay = retry_delay(
                 job.attempts.max(1),
                 self.config.retry_base,
@@ -736,7 +757,13 @@ impl Autoscaler {
                 .ok()
                 .flatten();
             let failure = match (other, exit_code) {
-                (Some(other), _) => Failure::handoff(format!(
+                // The other job's own runner, if it got one, is free to take
+                // this job; if it never got one, nothing is owed to this job.
+                (Some(other), _) if other.container_id.is_some() => Failure::handoff(format!(
+                    "its runner took job {} instead; waiting for that job's runner to take this one",
+                    other.id
+                )),
+                (Some(other), _) => Failure::handoff_now(format!(
                     "its runner took job {} instead; starting another runner",
                     other.id
                 )),
@@ -773,13 +800,13 @@ impl Autoscaler {
             }
             // Another job of the repository is starting or running: it will
             // try again when its own container exits.
-            let busy = self
+            let starting = self
                 .in_flight
                 .lock()
                 .expect("lock")
                 .values()
                 .any(|r| r.eq_ignore_ascii_case(repository));
-            if busy {
+            if starting {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
@@ -863,18 +890,22 @@ impl Autoscaler {
                     this.reconcile().await;
                     loop {
                         tokio::select! {
-                            _ = stop.cancelled() => return,
-                            ev = events.next() => match ev {
-                                Some(Ok(ContainerEvent::Exited { container_id, job_id, exit_code })) => {
-                                    this.on_container_exit(&container_id, job_id, Some(exit_code)).await;
-                                }
-                                Some(Err(e)) => {
-                                    tracing::warn!(error = %e, "container event stream failed");
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
+                                                    _ = stop.cancelled() => return,
+                                                    ev = events.next() => match ev {
+                        Some(Ok(ContainerEvent::Exited { container_id, job_id, exit_code })) => {
+                                                            // Handled on its own task: cleanup waits must not hold up other exits.
+                                                            let this = Arc::clone(&this);
+                                                            tokio::spawn(async move {
+                                                                this.on_container_exit(&container_id, job_id, Some(exit_code)).await;
+                                                            });
+                                                        }
+                                                        Some(Err(e)) => {
+                                                            tracing::warn!(error = %e, "container event stream failed");
+                                                            break;
+                                                        }
+                                                        None => break,
+                                                    }
+                                                }
                     }
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -913,6 +944,9 @@ struct Failure {
     counts: bool,
     /// Wait (backoff) before the next attempt.
     delay: bool,
+    /// The job's runner took another job: wait `handoff_grace` for another
+    /// runner to take this one before starting a new one.
+    handoff: bool,
 }
 
 impl Failure {
@@ -922,6 +956,7 @@ impl Failure {
             fatal: true,
             counts: true,
             delay: false,
+            handoff: false,
         }
     }
     fn retry(message: String) -> Self {
@@ -930,15 +965,27 @@ impl Failure {
             fatal: false,
             counts: true,
             delay: true,
+            handoff: false,
         }
     }
-    /// Not a failure: the job simply needs a new runner, now.
+    /// Not a failure: the job's runner served another job.
     fn handoff(message: String) -> Self {
         Failure {
             message,
             fatal: false,
             counts: false,
             delay: false,
+            handoff: true,
+        }
+    }
+    /// Not a failure, and no runner is free for the job: start one now.
+    fn handoff_now(message: String) -> Self {
+        Failure {
+            message,
+            fatal: false,
+            counts: false,
+            delay: false,
+            handoff: false,
         }
     }
     /// Waiting for something outside (engine down, rate limit): no attempt used.
@@ -948,6 +995,7 @@ impl Failure {
             fatal: false,
             counts: false,
             delay: true,
+            handoff: false,
         }
     }
     fn github(e: GitHubError) -> Self {
@@ -962,7 +1010,9 @@ impl Failure {
     }
     fn backend(e: BackendError) -> Self {
         match e {
-            BackendError::DaemonUnreachable(_) => Failure::wait(e.to_string()),
+            BackendError::DaemonUnreachable(_) | BackendError::NameConflict(_) => {
+                Failure::wait(e.to_string())
+            }
             BackendError::ImageMissing { .. } => Failure::fatal(e.to_string()),
             _ => Failure::retry(e.to_string()),
         }

@@ -309,9 +309,10 @@ async fn a_runner_started_for_one_job_may_take_another() {
 }
 
 #[tokio::test]
-async fn a_job_whose_runner_was_taken_by_another_job_gets_a_new_runner_without_a_failed_attempt() {
+async fn a_job_whose_runner_was_taken_by_another_job_waits_for_a_free_runner_then_gets_its_own() {
     let config = AutoscaleConfig {
         max_attempts: 1,
+        handoff_grace: Duration::from_millis(1500),
         ..AutoscaleConfig::default()
     };
     let r = rig(config).await;
@@ -348,7 +349,7 @@ async fn a_job_whose_runner_was_taken_by_another_job_gets_a_new_runner_without_a
         .ingest(JobAction::InProgress, &b_running, JobSource::Webhook)
         .await
         .unwrap();
-    // A's runner ran B and exits; A still waits on GitHub for a runner.
+    // A's runner ran B and exits; B's runner is still free for A.
     r.backend.exit(&container_a, 0);
     r.scaler
         .on_container_exit(&container_a, Some(ja), Some(0))
@@ -358,13 +359,136 @@ async fn a_job_whose_runner_was_taken_by_another_job_gets_a_new_runner_without_a
     assert_eq!(job_a.attempts, 0, "a hand-off is not a failed attempt");
     assert!(job_a.last_error.unwrap().contains(&jb.to_string()));
     settle(&r).await;
+    assert_eq!(
+        r.store.get_job(ja).await.unwrap().unwrap().status,
+        JobStatus::Queued,
+        "no new runner within the grace"
+    );
+    assert_eq!(r.backend.live().len(), 1, "only B's runner is live");
+    // Nobody took A within the grace: it gets a runner of its own.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    settle(&r).await;
+    let job_a = r.store.get_job(ja).await.unwrap().unwrap();
+    assert_eq!(job_a.status, JobStatus::Provisioning);
+    assert_ne!(job_a.container_id.as_deref(), Some(container_a.as_str()));
+    assert_eq!(r.backend.live().len(), 2);
+}
+
+#[tokio::test]
+async fn a_job_whose_runner_went_to_a_job_without_a_runner_gets_a_new_one_at_once() {
+    let config = AutoscaleConfig {
+        caps: Caps {
+            global: 1,
+            per_repository: 1,
+        },
+        handoff_grace: Duration::from_secs(3600),
+        ..AutoscaleConfig::default()
+    };
+    let r = rig(config).await;
+    let a = info(40, "o/r", &["self-hosted"]);
+    let b = info(41, "o/r", &["self-hosted"]);
+    let Ingested::Created(ja) = r
+        .scaler
+        .ingest(JobAction::Queued, &a, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    // B is queued but the cap keeps it from getting a runner; A's runner takes B.
+    let Ingested::Created(jb) = r
+        .scaler
+        .ingest(JobAction::Queued, &b, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let container_a = r
+        .store
+        .get_job(ja)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    let mut b_running = b.clone();
+    b_running.runner_name = Some(format!("ephemeral-{ja}"));
+    r.scaler
+        .ingest(JobAction::InProgress, &b_running, JobSource::Webhook)
+        .await
+        .unwrap();
+    assert!(
+        r.store
+            .get_job(jb)
+            .await
+            .unwrap()
+            .unwrap()
+            .container_id
+            .is_none()
+    );
+    r.backend.exit(&container_a, 0);
+    r.scaler
+        .on_container_exit(&container_a, Some(ja), Some(0))
+        .await;
+    settle(&r).await;
     let job_a = r.store.get_job(ja).await.unwrap().unwrap();
     assert_eq!(
         job_a.status,
         JobStatus::Provisioning,
-        "a new runner is started at once"
+        "no runner was owed to A: {:?}",
+        job_a.last_error
     );
-    assert_ne!(job_a.container_id.as_deref(), Some(container_a.as_str()));
+    assert_eq!(job_a.attempts, 1, "the hand-off used no attempt");
+}
+
+#[tokio::test]
+async fn cancelling_a_job_does_not_stop_a_runner_that_serves_another_job() {
+    let r = rig(AutoscaleConfig::default()).await;
+    let a = info(30, "o/r", &["self-hosted"]);
+    let b = info(31, "o/r", &["self-hosted"]);
+    let Ingested::Created(ja) = r
+        .scaler
+        .ingest(JobAction::Queued, &a, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    r.scaler
+        .ingest(JobAction::Queued, &b, JobSource::Webhook)
+        .await
+        .unwrap();
+    settle(&r).await;
+    let container_a = r
+        .store
+        .get_job(ja)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    let mut b_running = b.clone();
+    b_running.runner_name = Some(format!("ephemeral-{ja}"));
+    r.scaler
+        .ingest(JobAction::InProgress, &b_running, JobSource::Webhook)
+        .await
+        .unwrap();
+    let mut a_cancelled = a.clone();
+    a_cancelled.conclusion = Some("cancelled".into());
+    r.scaler
+        .ingest(JobAction::Completed, &a_cancelled, JobSource::Webhook)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.store.get_job(ja).await.unwrap().unwrap().status,
+        JobStatus::Cancelled
+    );
+    assert!(
+        !r.backend.calls().contains(&DryRunCall::Stop(container_a)),
+        "B is running in A's container"
+    );
 }
 
 #[tokio::test]
