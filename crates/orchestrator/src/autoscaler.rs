@@ -123,6 +123,9 @@ pub struct Autoscaler {
     /// Jobs whose provisioning is under way, by repository (lower-case):
     /// counted against the caps before their container shows up.
     in_flight: Mutex<HashMap<Uuid, String>>,
+    /// Orders network creation against network removal, so that a network
+    /// is never removed between a job's `ensure_network` and its start.
+    network_lock: tokio::sync::Mutex<()>,
 }
 
 fn store_err(e: StoreError) -> String {
@@ -145,6 +148,7 @@ impl Autoscaler {
             config,
             wake: Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
+            network_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -567,6 +571,7 @@ impl Autoscaler {
                 self.config.instance.clone(),
             ),
         ]);
+        let network_guard = self.network_lock.lock().await;
         self.backend
             .ensure_network(&NetworkSpec {
                 name: network.clone(),
@@ -578,6 +583,7 @@ impl Autoscaler {
             })
             .await
             .map_err(Failure::backend)?;
+        drop(network_guard);
         let spec = ContainerSpec {
             name: container_name(job.id),
             image: pool
@@ -790,25 +796,30 @@ impl Autoscaler {
     async fn remove_network_when_unused(&self, repository: &str) {
         let network = network_name(&self.config.network_prefix, repository);
         for attempt in 0..8u32 {
-            match self.backend.remove_network_if_unused(&network).await {
-                Ok(true) => {
-                    tracing::info!(network = %network, "network removed");
+            {
+                // Under the lock, a job of this repository that is starting
+                // is in `in_flight` (it was put there before its
+                // `ensure_network`): leave the network to its exit.
+                let _guard = self.network_lock.lock().await;
+                let starting = self
+                    .in_flight
+                    .lock()
+                    .expect("lock")
+                    .values()
+                    .any(|r| r.eq_ignore_ascii_case(repository));
+                if starting {
                     return;
                 }
-                Ok(false) => {}
-                Err(e) => tracing::debug!(network = %network, error = %e, "network kept"),
+                match self.backend.remove_network_if_unused(&network).await {
+                    Ok(true) => {
+                        tracing::info!(network = %network, "network removed");
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(network = %network, error = %e, "network kept"),
+                }
             }
-            // Another job of the repository is starting or running: it will
-            // try again when its own container exits.
-            let starting = self
-                .in_flight
-                .lock()
-                .expect("lock")
-                .values()
-                .any(|r| r.eq_ignore_ascii_case(repository));
-            if starting {
-                return;
-            }
+            // Containers detach a moment after their exit event.
             tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
         }
     }
