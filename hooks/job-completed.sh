@@ -14,13 +14,19 @@ if [ -z "$url" ] || [ -z "$token" ] || [ -z "${GITHUB_JOB:-}" ]; then
   exit 0
 fi
 
-# GITHUB_JOB is a job key; the orchestrator resolves it to this runner's active job.
-job=$(jq -rn --arg j "$GITHUB_JOB" '$j | @uri')
+# GITHUB_JOB is a job key ([A-Za-z0-9_-]); the orchestrator resolves it to
+# this runner's active job.
+job="$GITHUB_JOB"
+if [[ ! "$job" =~ ^[A-Za-z0-9_.-]+$ ]]; then
+  echo "::warning::proxy-runner: unexpected GITHUB_JOB; completion not reported"
+  exit 0
+fi
 status=$(curl --silent --show-error --max-time 30 \
   --retry 3 --retry-connrefused --retry-delay 2 \
+  --config - \
   -o /dev/null --write-out '%{http_code}' \
   -X POST "${url%/}/api/jobs/${job}/complete" \
-  -H "Authorization: Bearer ${token}" 2>&1) || status="unreachable: ${status##*$'\n'}"
+  2>&1 <<<"header = \"Authorization: Bearer ${token}\"") || status="unreachable (${status//$'\n'/ })"
 case "$status" in
   200) echo "proxy-runner: completion reported" ;;
   *) echo "::warning::proxy-runner: completion not reported (${status})" ;;

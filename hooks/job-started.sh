@@ -35,14 +35,17 @@ body=$(jq -n \
         (.key | test("^(GITHUB|RUNNER)_"))
         and (.key | test("TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|PRIVATE"; "i") | not))))}')
 
+# The token goes to curl on stdin, not on its command line (visible to
+# every process); the URL is shown without any user:password part.
+shown_url=$(sed -E 's#//[^/@]*@#//#' <<<"$url")
 response=$(curl --silent --show-error --max-time 30 \
   --retry 3 --retry-connrefused --retry-delay 2 \
+  --config - \
   -X POST "${url%/}/api/jobs/delegate" \
   -H "Content-Type: application/json" \
-  -H "Authorization: Bearer ${token}" \
   --data-binary "$body" \
-  --write-out '\n%{http_code}' 2>&1) || {
-  echo "::error::proxy-runner: cannot reach the orchestrator at ${url}: ${response##*$'\n'}"
+  --write-out '\n%{http_code}' 2>&1 <<<"header = \"Authorization: Bearer ${token}\"") || {
+  echo "::error::proxy-runner: cannot reach the orchestrator at ${shown_url}: ${response##*$'\n'}"
   exit 1
 }
 status="${response##*$'\n'}"

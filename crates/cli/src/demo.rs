@@ -231,6 +231,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if args.jobs == 0 || args.repos == 0 {
         bail!("--jobs and --repos must be at least 1");
     }
+    if args.jobs > 500 {
+        bail!("--jobs is at most 500");
+    }
     let started = Instant::now();
     let say = |msg: String| println!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
 

@@ -152,11 +152,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if let (Some(client), Some(scaler)) = (&github, &autoscaler)
         && !config.github.poll.repositories.is_empty()
     {
+        // Runs leave `queued` when their first job starts: later jobs of a
+        // run (needs:, matrix) are only found in in-progress runs.
         let poller = Poller::new(
             client.clone(),
             config.github.poll.repositories.clone(),
             Duration::from_secs(config.github.poll.interval_secs),
-        );
+        )
+        .scan_in_progress_runs(true);
         loops.push(spawn_poller(poller, scaler.clone(), stop.clone()));
     }
 

@@ -50,6 +50,14 @@ impl RunnerRegistry for UselessJit {
     async fn list_runners(&self, _s: &Scope) -> Result<Vec<RunnerInfo>, GitHubError> {
         Ok(vec![])
     }
+    async fn get_workflow_job(
+        &self,
+        _o: &str,
+        _r: &str,
+        id: u64,
+    ) -> Result<WorkflowJobInfo, GitHubError> {
+        Err(GitHubError::NotFound(format!("job {id}")))
+    }
     async fn list_queued_jobs(
         &self,
         _o: &str,

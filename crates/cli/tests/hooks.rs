@@ -202,6 +202,19 @@ fn started_hook_fails_the_job_with_a_reason_when_delegation_fails() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("cannot reach the orchestrator"), "{stdout}");
 
+    // A URL with a password is never echoed into the job log.
+    let out = run(
+        "job-started.sh",
+        &runner_env("http://ci:pw-SECRET-9@127.0.0.1:9", &tok),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout.contains("http://127.0.0.1:9") && !stdout.contains("pw-SECRET-9"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&tok), "{stdout}");
+
     // No token at all.
     let mut env = runner_env(&server.url, &tok);
     env.retain(|(k, _)| *k != "PROXY_RUNNER_TOKEN");

@@ -427,7 +427,24 @@ impl ContainerBackend for DockerBackend {
         let docker = self.client().await?;
         let _serialised = self.network_lock.lock().await;
         match docker.inspect_network(&spec.name, None).await {
-            Ok(existing) => return check_existing_network(&spec.name, existing.labels.as_ref()),
+            Ok(existing) => {
+                check_existing_network(&spec.name, existing.labels.as_ref())?;
+                // Never let a job join another repository's network.
+                let want = spec.labels.get(labels::REPOSITORY);
+                let have = existing
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(labels::REPOSITORY));
+                if want.is_some() && have.is_some() && want != have {
+                    return Err(BackendError::Other(format!(
+                        "network {:?} belongs to repository {:?}, not {:?}",
+                        spec.name,
+                        have.map(String::as_str).unwrap_or_default(),
+                        want.map(String::as_str).unwrap_or_default()
+                    )));
+                }
+                return Ok(());
+            }
             Err(err) if is_not_found(&err) => {}
             Err(err) if is_ambiguous(&err) => return self.deduplicate_network(&spec.name).await,
             Err(err) => return Err(engine_error(err)),

@@ -47,15 +47,20 @@ fn docker_safe(s: &str) -> String {
         .collect()
 }
 
-/// `{prefix}-{owner}-{repo}`: the seed's per-repository network.
+/// `{prefix}-{owner}-{repo}-{hash}`: the seed's per-repository network, with
+/// 8 hex digits of SHA-256 of the lower-cased full name, because the seed's
+/// form alone is ambiguous (`a-b/c` and `a/b-c` would share a network).
 pub fn network_name(prefix: &str, repository: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(repository.to_ascii_lowercase().as_bytes());
     let base = format!(
         "{}-{}",
         docker_safe(prefix),
         docker_safe(&repository.replace('/', "-"))
     );
     // Docker accepts long names, but keep them readable in `docker network ls`.
-    base.chars().take(200).collect()
+    let base: String = base.chars().take(180).collect();
+    format!("{base}-{}", &hex::encode(digest)[..8])
 }
 
 /// `runner-{job id}`: the seed's container name.
@@ -92,11 +97,23 @@ mod tests {
 
     #[test]
     fn docker_names() {
-        assert_eq!(
-            network_name("proxy-runner", "Octo/Repo"),
-            "proxy-runner-octo-repo"
+        let n = network_name("proxy-runner", "Octo/Repo");
+        assert!(
+            n.starts_with("proxy-runner-octo-repo-")
+                && n.len() == "proxy-runner-octo-repo-".len() + 8,
+            "{n}"
         );
-        assert_eq!(network_name("pr", "a/b.c"), "pr-a-b.c");
+        assert_eq!(
+            n,
+            network_name("proxy-runner", "octo/repo"),
+            "case does not split a repository"
+        );
+        assert!(network_name("pr", "a/b.c").starts_with("pr-a-b.c-"));
+        assert_ne!(
+            network_name("p", "a-b/c"),
+            network_name("p", "a/b-c"),
+            "no two repositories share a network"
+        );
         let id = Uuid::nil();
         assert_eq!(
             container_name(id),

@@ -307,6 +307,13 @@ pub trait RunnerRegistry: Send + Sync + 'static {
     /// Deletes a runner; `NotFound` when GitHub no longer has it.
     async fn delete_runner(&self, scope: &Scope, runner_id: u64) -> Result<(), GitHubError>;
     async fn list_runners(&self, scope: &Scope) -> Result<Vec<RunnerInfo>, GitHubError>;
+    /// One workflow job as GitHub sees it now.
+    async fn get_workflow_job(
+        &self,
+        owner: &str,
+        repo: &str,
+        job_id: u64,
+    ) -> Result<WorkflowJobInfo, GitHubError>;
     /// Queued workflow jobs of a repository (for polling).
     async fn list_queued_jobs(
         &self,

@@ -601,6 +601,15 @@ impl RunnerRegistry for GitHubClient {
     ) -> Result<Vec<WorkflowJobInfo>, GitHubError> {
         self.list_queued_jobs_in_runs(owner, repo, "queued").await
     }
+
+    async fn get_workflow_job(
+        &self,
+        owner: &str,
+        repo: &str,
+        job_id: u64,
+    ) -> Result<WorkflowJobInfo, GitHubError> {
+        GitHubClient::get_workflow_job(self, owner, repo, job_id).await
+    }
 }
 
 // ---------------------------------------------------------------- helpers

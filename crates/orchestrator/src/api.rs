@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -120,11 +121,16 @@ async fn count_requests(req: Request, next: axum::middleware::Next) -> Response 
     resp
 }
 
-async fn not_found() -> ApiError {
+fn bad_path(e: PathRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.body_text())
+}
+
+/// JSON answers for unknown routes and methods (public: the webhook router uses them too).
+pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-async fn method_not_allowed() -> ApiError {
+pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -168,11 +174,13 @@ async fn delegate(
 
 async fn complete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
     Caller(who): Caller,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     Body(body): Body,
 ) -> ApiResult<Response> {
+    let Path(id) = id.map_err(bad_path)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     if let Some(unknown) = query.keys().find(|k| k.as_str() != "runner") {
         return Err(ApiError::bad_query(format!(
             "unknown query parameter {unknown:?}"
@@ -241,8 +249,9 @@ async fn list_jobs(
 async fn get_job(
     State(state): State<AppState>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
+    let Path(id) = id.map_err(bad_path)?;
     Ok(Json(state.orchestrator.get_job(&who, &id).await?).into_response())
 }
 
@@ -266,8 +275,9 @@ async fn create_token(
 async fn revoke_token(
     State(state): State<AppState>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
+    let Path(id) = id.map_err(bad_path)?;
     state.orchestrator.revoke_token(&who, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

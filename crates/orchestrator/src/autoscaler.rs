@@ -28,6 +28,9 @@ use uuid::Uuid;
 use crate::config::Registration;
 use crate::metrics as m;
 
+/// How often a compare-and-set write is retried after another writer won.
+const CAS_RETRIES: usize = 5;
+
 /// The environment variable the runner image reads its JIT config from.
 pub const JITCONFIG_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
 
@@ -65,6 +68,8 @@ pub struct AutoscaleConfig {
     /// other job is normally free to take this one: a new runner is started
     /// only if none took the job within this grace.
     pub handoff_grace: Duration,
+    /// A running job we heard nothing of for this long is checked on GitHub.
+    pub settle_after: Duration,
 }
 
 impl Default for AutoscaleConfig {
@@ -90,6 +95,7 @@ impl Default for AutoscaleConfig {
             tick: Duration::from_millis(500),
             reconcile_every: Duration::from_secs(15),
             handoff_grace: Duration::from_secs(10),
+            settle_after: Duration::from_secs(120),
         }
     }
 }
@@ -198,110 +204,172 @@ impl Autoscaler {
         info: &WorkflowJobInfo,
         source: JobSource,
     ) -> Result<Ingested, String> {
+        // Another writer (a container exit, a poll, a redelivery) may move the
+        // job between our read and our write: read again and re-apply.
+        for _ in 0..CAS_RETRIES {
+            if let Some(outcome) = self.try_ingest(action, info, source).await? {
+                return Ok(outcome);
+            }
+        }
+        Err(format!(
+            "GitHub job {} kept changing; not recorded",
+            info.id
+        ))
+    }
+
+    /// One attempt of [`Self::ingest`]; `None` when a concurrent write won.
+    async fn try_ingest(
+        &self,
+        action: JobAction,
+        info: &WorkflowJobInfo,
+        source: JobSource,
+    ) -> Result<Option<Ingested>, String> {
         let now = self.clock.now();
-        let existing = self
+        let mut existing = self
             .store
             .find_by_github_job_id(info.id)
             .await
             .map_err(store_err)?;
-        let existing = match existing {
-            Some(j) => Some(j),
+        if existing.is_none()
+            && let Some(runner) = &info.runner_name
+            && matches!(action, JobAction::InProgress | JobAction::Completed)
+        {
             // A proxy runner's hook may have delegated this job already.
-            None => match &info.runner_name {
-                Some(runner) if matches!(action, JobAction::InProgress | JobAction::Completed) => {
-                    match self
-                        .store
-                        .find_unlinked_hook_job(
-                            runner,
-                            &info.repository,
-                            info.run_id,
-                            info.run_attempt,
-                        )
-                        .await
-                        .map_err(store_err)?
-                    {
-                        Some(mut hook_job) => {
-                            let expected = hook_job.status;
-                            hook_job.github_job_id = Some(info.id);
-                            hook_job.runner_id = info.runner_id.or(hook_job.runner_id);
-                            hook_job.updated_at = now;
-                            self.save(&hook_job, expected).await?;
-                            Some(hook_job)
-                        }
-                        None => None,
-                    }
+            if let Some(mut hook_job) = self
+                .store
+                .find_unlinked_hook_job(runner, &info.repository, info.run_id, info.run_attempt)
+                .await
+                .map_err(store_err)?
+            {
+                let expected = hook_job.status;
+                hook_job.github_job_id = Some(info.id);
+                hook_job.runner_id = info.runner_id.or(hook_job.runner_id);
+                hook_job.updated_at = now;
+                if !self.save(&hook_job, expected).await? {
+                    return Ok(None);
                 }
-                _ => None,
-            },
-        };
+                existing = Some(hook_job);
+            }
+        }
 
         let Some(mut job) = existing else {
             if self.pool_for(&info.labels).is_none() {
                 metrics::counter!(m::WEBHOOKS, "outcome" => "not_ours").increment(1);
-                return Ok(Ingested::Ignored("labels not served"));
+                return Ok(Some(Ingested::Ignored("labels not served")));
             }
-            return match action {
-                JobAction::Waiting => Ok(Ingested::Ignored(
+            if action == JobAction::Waiting {
+                return Ok(Some(Ingested::Ignored(
                     "waiting for approval; provisioned once queued",
-                )),
-                JobAction::Queued | JobAction::InProgress | JobAction::Completed => {
-                    let mut job = NewJob {
-                        job_key: info.name.clone(),
-                        run_id: info.run_id,
-                        run_attempt: info.run_attempt.max(1),
-                        repository: info.repository.clone(),
-                        workflow: info.workflow_name.clone(),
-                        runner_name: None,
-                        labels: info.labels.clone(),
-                        environment: BTreeMap::new(),
-                        matrix: None,
-                        needs: Vec::new(),
-                        github_job_id: Some(info.id),
-                        source,
-                    }
-                    .into_job(Uuid::now_v7(), now);
-                    // We learned of it late: record what GitHub says now.
-                    self.apply_github_state(&mut job, action, info, now).await;
-                    let inserted = self.store.insert_job(&job).await.map_err(store_err)?;
-                    let id = inserted.job().id;
-                    if inserted.is_new() {
-                        tracing::info!(job = %id, github_job = info.id, repository = %info.repository, labels = ?info.labels, ?source, "job recorded");
-                        self.audit("github", "job.queued", Some(id), serde_json::json!({
-                            "githubJobId": info.id, "repository": info.repository, "labels": info.labels, "source": source,
-                        })).await;
-                        self.wake.notify_one();
-                        Ok(Ingested::Created(id))
-                    } else {
-                        Ok(Ingested::Unchanged(id))
-                    }
-                }
-            };
+                )));
+            }
+            let mut job = NewJob {
+                job_key: info.name.clone(),
+                run_id: info.run_id,
+                run_attempt: info.run_attempt.max(1),
+                repository: info.repository.clone(),
+                workflow: info.workflow_name.clone(),
+                runner_name: None,
+                labels: info.labels.clone(),
+                environment: BTreeMap::new(),
+                matrix: None,
+                needs: Vec::new(),
+                github_job_id: Some(info.id),
+                source,
+            }
+            .into_job(Uuid::now_v7(), now);
+            // We may learn of it late: record what GitHub says now.
+            self.apply_github_state(&mut job, action, info, now).await;
+            let inserted = self.store.insert_job(&job).await.map_err(store_err)?;
+            if !inserted.is_new() {
+                // Recorded meanwhile by another event: apply ours to that one.
+                return Ok(None);
+            }
+            let id = inserted.job().id;
+            tracing::info!(job = %id, github_job = info.id, repository = %info.repository, labels = ?info.labels, ?source, "job recorded");
+            self.audit(
+                "github",
+                "job.queued",
+                Some(id),
+                serde_json::json!({
+                    "githubJobId": info.id, "repository": info.repository, "labels": info.labels, "source": source,
+                }),
+            )
+            .await;
+            self.after_linking(&job).await;
+            self.wake.notify_one();
+            return Ok(Some(Ingested::Created(id)));
         };
 
         let before = job.clone();
         self.apply_github_state(&mut job, action, info, now).await;
         if job == before {
-            return Ok(Ingested::Unchanged(job.id));
+            return Ok(Some(Ingested::Unchanged(job.id)));
         }
-        if self.save(&job, before.status).await? {
-            if job.status != before.status {
-                metrics::counter!(m::JOB_TRANSITIONS, "to" => job.status.as_str()).increment(1);
-                self.audit(
-                    "github",
-                    &format!("job.{}", job.status),
-                    Some(job.id),
-                    serde_json::json!({"githubJobId": info.id, "runnerName": job.runner_name, "conclusion": job.conclusion}),
-                )
-                .await;
-            }
-            if job.status.is_terminal() && !before.status.is_terminal() {
-                self.after_github_finished(&before, &job).await;
-            }
-            Ok(Ingested::Updated(job.id))
+        if !self.save(&job, before.status).await? {
+            return Ok(None);
+        }
+        if job.status != before.status {
+            metrics::counter!(m::JOB_TRANSITIONS, "to" => job.status.as_str()).increment(1);
+            self.audit(
+                "github",
+                &format!("job.{}", job.status),
+                Some(job.id),
+                serde_json::json!({"githubJobId": info.id, "runnerName": job.runner_name, "conclusion": job.conclusion}),
+            )
+            .await;
+        }
+        if job.ran_in_container_id != before.ran_in_container_id {
+            self.after_linking(&job).await;
+        }
+        if job.status.is_terminal() && !before.status.is_terminal() {
+            self.after_github_finished(&before, &job).await;
+        }
+        Ok(Some(Ingested::Updated(job.id)))
+    }
+
+    /// `job` ran in the container started for another job X. X's runner is
+    /// busy now: X needs another runner, and is not to wait for its
+    /// container's exit to learn that.
+    async fn after_linking(&self, job: &Job) {
+        let Some(container) = &job.ran_in_container_id else {
+            return;
+        };
+        let Some(owner) = job
+            .runner_name
+            .as_deref()
+            .and_then(|n| n.strip_prefix("ephemeral-"))
+            .and_then(|s| Uuid::parse_str(s).ok())
+        else {
+            return;
+        };
+        let Ok(Some(mut owner_job)) = self.store.get_job(owner).await else {
+            return;
+        };
+        if owner_job.status != JobStatus::Provisioning
+            || owner_job.container_id.as_deref() != Some(container.as_str())
+            || self
+                .in_flight
+                .lock()
+                .expect("lock")
+                .contains_key(&owner_job.id)
+        {
+            return;
+        }
+        // The container is the other job's now; its exit is not this job's.
+        owner_job.container_id = None;
+        let failure = if job.container_id.is_some() {
+            Failure::handoff(format!(
+                "its runner took job {} instead; waiting for that job's runner to take this one",
+                job.id
+            ))
         } else {
-            // Someone else moved it; the next event or reconcile settles it.
-            Ok(Ingested::Unchanged(job.id))
-        }
+            Failure::handoff_now(format!(
+                "its runner took job {} instead; starting another runner",
+                job.id
+            ))
+        };
+        self.provisioning_failed(owner_job, failure).await;
+        self.wake.notify_one();
     }
 
     /// Applies what GitHub says about the job to our record (in memory).
@@ -358,11 +426,15 @@ impl Autoscaler {
             && matches!(self.store.find_job_ran_in_container(container).await, Ok(None))
         {
             tracing::info!(job = %job.id, container = %container, "job finished elsewhere; stopping its idle runner");
-            if let Err(e) = self.backend.stop(container, Duration::from_secs(10)).await
-                && !matches!(e, BackendError::NotFound(_))
-            {
-                tracing::warn!(job = %job.id, error = %e, "cannot stop idle runner container");
-            }
+            // Not on the webhook's time: GitHub waits 10 s for the answer.
+            let (backend, container, id) = (Arc::clone(&self.backend), container.clone(), job.id);
+            tokio::spawn(async move {
+                if let Err(e) = backend.stop(&container, Duration::from_secs(10)).await
+                    && !matches!(e, BackendError::NotFound(_))
+                {
+                    tracing::warn!(job = %id, error = %e, "cannot stop idle runner container");
+                }
+            });
         }
     }
 
@@ -465,13 +537,18 @@ impl Autoscaler {
             }
             job.attempts += 1;
             job.not_before = None;
-            if !self.save(&job, JobStatus::Queued).await? {
-                continue;
-            }
+            // In flight before the write, so `reconcile` never sees it as
+            // provisioning without a provisioner.
             self.in_flight
                 .lock()
                 .expect("lock")
                 .insert(job.id, job.repository.to_ascii_lowercase());
+            let saved = self.save(&job, JobStatus::Queued).await;
+            if !matches!(saved, Ok(true)) {
+                self.in_flight.lock().expect("lock").remove(&job.id);
+                saved?;
+                continue;
+            }
             started.push(job.id);
             let this = Arc::clone(self);
             tokio::spawn(async move {
@@ -513,6 +590,8 @@ impl Autoscaler {
                 true
             }
             Err(failure) => {
+                // A runner minted for this attempt must not outlive it.
+                self.deregister(&job).await;
                 self.provisioning_failed(job, failure).await;
                 false
             }
@@ -618,13 +697,7 @@ impl Autoscaler {
             tokio::time::sleep(Duration::from_millis(250)).await;
             started = self.backend.start(&spec).await;
         }
-        let started = match started {
-            Ok(s) => s,
-            Err(e) => {
-                self.deregister(job).await;
-                return Err(Failure::backend(e));
-            }
-        };
+        let started = started.map_err(Failure::backend)?;
         job.container_id = Some(started.id.clone());
         job.runner_name.get_or_insert(name);
         job.last_error = None;
@@ -703,7 +776,9 @@ impl Autoscaler {
         }
         tracing::warn!(job = %job.id, attempt = job.attempts, error = %failure.message, gave_up = give_up, "provisioning failed");
         match self.save(&job, JobStatus::Provisioning).await {
-            Ok(_) => {
+            // GitHub settled the job meanwhile (finished, cancelled): nothing to retry.
+            Ok(false) => {}
+            Ok(true) => {
                 metrics::counter!(m::JOB_TRANSITIONS, "to" => target.as_str()).increment(1);
                 self.audit(
                     "orchestrator",
@@ -733,12 +808,9 @@ impl Autoscaler {
         exit_code: Option<i64>,
     ) {
         let Some(job_id) = job_id else { return };
-        let Ok(Some(mut job)) = self.store.get_job(job_id).await else {
+        let Ok(Some(job)) = self.store.get_job(job_id).await else {
             return;
         };
-        if job.container_id.as_deref() != Some(container_id) {
-            return;
-        }
         tracing::info!(job = %job.id, container = %container_id, exit_code = ?exit_code, status = %job.status, "runner container exited");
         self.audit(
             "orchestrator",
@@ -747,47 +819,108 @@ impl Autoscaler {
             serde_json::json!({"containerId": container_id, "exitCode": exit_code}),
         )
         .await;
-        let expected = job.status;
-        job.exit_code = exit_code.and_then(|c| i32::try_from(c).ok());
-        job.updated_at = self.clock.now();
-        if expected == JobStatus::Provisioning {
-            // The runner never took this job: it took another job with the
-            // same labels (then this job still needs a runner, and nothing
-            // failed), or it died (try again, or give up).
-            job.container_id = None;
-            self.deregister(&job).await;
-            let other = self
-                .store
-                .find_job_ran_in_container(container_id)
-                .await
-                .ok()
-                .flatten();
-            let failure = match (other, exit_code) {
-                // The other job's own runner, if it got one, is free to take
-                // this job; if it never got one, nothing is owed to this job.
-                (Some(other), _) if other.container_id.is_some() => Failure::handoff(format!(
-                    "its runner took job {} instead; waiting for that job's runner to take this one",
-                    other.id
-                )),
-                (Some(other), _) => Failure::handoff_now(format!(
-                    "its runner took job {} instead; starting another runner",
-                    other.id
-                )),
-                (None, Some(c)) => Failure::retry(format!(
-                    "runner container exited with code {c} before taking the job"
-                )),
-                (None, None) => {
-                    Failure::retry("runner container disappeared before taking the job".into())
-                }
-            };
-            self.provisioning_failed(job.clone(), failure).await;
-        } else if let Err(e) = self.save(&job, expected).await {
-            tracing::error!(job = %job.id, error = %e, "cannot record container exit");
-        } else {
-            self.deregister(&job).await;
+        // A container handed over to another job is no longer this job's.
+        if job.container_id.as_deref() == Some(container_id) {
+            self.settle_exit(job.clone(), container_id, exit_code).await;
         }
         self.remove_network_when_unused(&job.repository).await;
         self.wake.notify_one();
+    }
+
+    async fn settle_exit(&self, mut job: Job, container_id: &str, exit_code: Option<i64>) {
+        for _ in 0..CAS_RETRIES {
+            let expected = job.status;
+            if expected != JobStatus::Provisioning {
+                job.exit_code = exit_code
+                    .and_then(|c| i32::try_from(c).ok())
+                    .or(job.exit_code);
+                job.updated_at = self.clock.now();
+                match self.save(&job, expected).await {
+                    Ok(true) => {
+                        self.deregister(&job).await;
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(job = %job.id, error = %e, "cannot record container exit");
+                        return;
+                    }
+                }
+            } else {
+                // The runner exited and we never heard that it took this job.
+                // GitHub knows: the job may have run (its events are late or
+                // lost, or we only poll), or another job took the runner.
+                if self.settle_from_github(&job).await {
+                    return;
+                }
+                job.container_id = None;
+                job.exit_code = exit_code.and_then(|c| i32::try_from(c).ok());
+                self.deregister(&job).await;
+                let other = self
+                    .store
+                    .find_job_ran_in_container(container_id)
+                    .await
+                    .ok()
+                    .flatten();
+                let failure = match (other, exit_code) {
+                    // The other job's own runner, if it got one, is free to
+                    // take this job; if it never got one, nothing is owed.
+                    (Some(other), _) if other.container_id.is_some() => Failure::handoff(format!(
+                        "its runner took job {} instead; waiting for that job's runner to take this one",
+                        other.id
+                    )),
+                    (Some(other), _) => Failure::handoff_now(format!(
+                        "its runner took job {} instead; starting another runner",
+                        other.id
+                    )),
+                    (None, Some(c)) => Failure::retry(format!(
+                        "runner container exited with code {c} before taking the job"
+                    )),
+                    (None, None) => {
+                        Failure::retry("runner container disappeared before taking the job".into())
+                    }
+                };
+                self.provisioning_failed(job, failure).await;
+                return;
+            }
+            match self.store.get_job(job.id).await {
+                Ok(Some(current)) if current.container_id.as_deref() == Some(container_id) => {
+                    job = current
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Asks GitHub where the job is and records it when GitHub has moved it
+    /// on (running or finished). True when the record was brought up to date.
+    async fn settle_from_github(&self, job: &Job) -> bool {
+        let (Some(github_job_id), Ok((owner, repo))) = (
+            job.github_job_id,
+            proxy_runner_domain::names::parse_repository(&job.repository),
+        ) else {
+            return false;
+        };
+        let info = match self
+            .registry
+            .get_workflow_job(owner, repo, github_job_id)
+            .await
+        {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(job = %job.id, error = %e, "cannot ask GitHub about the job");
+                return false;
+            }
+        };
+        let action = match info.status.as_str() {
+            "completed" => JobAction::Completed,
+            "in_progress" => JobAction::InProgress,
+            _ => return false,
+        };
+        matches!(
+            self.ingest(action, &info, job.source).await,
+            Ok(Ingested::Updated(_))
+        )
     }
 
     /// Removes the repository's network once no container uses it. The exit
@@ -824,15 +957,13 @@ impl Autoscaler {
         }
     }
 
-    /// Finds containers that vanished without an event we saw, and runners
-    /// that sat idle past the timeout.
+    /// Settles what no event told us: containers that vanished unseen,
+    /// provisioning cut off by a restart, runners idle past the timeout, and
+    /// running jobs whose end GitHub reported to nobody.
     pub async fn reconcile(&self) {
         let Ok(live) = self.backend.list(&self.config.instance).await else {
             return;
         };
-        let live_ids: HashMap<&str, bool> =
-            live.iter().map(|c| (c.id.as_str(), c.running)).collect();
-        let in_flight = self.in_flight.lock().expect("lock").clone();
         let Ok(provisioning) = self
             .store
             .list_jobs(&JobFilter {
@@ -844,29 +975,76 @@ impl Autoscaler {
         else {
             return;
         };
+        // Taken after the listing: a job `tick` moves to provisioning is in
+        // `in_flight` before its status is written.
+        let in_flight = self.in_flight.lock().expect("lock").clone();
+        let live_ids: HashMap<&str, bool> =
+            live.iter().map(|c| (c.id.as_str(), c.running)).collect();
         let now = self.clock.now();
         for job in provisioning {
             if in_flight.contains_key(&job.id) {
                 continue;
             }
-            let Some(container) = job.container_id.clone() else {
-                // Provisioning was cut off (orchestrator restarted mid-way).
-                self.provisioning_failed(
-                    job,
-                    Failure::retry("provisioning was interrupted".into()),
-                )
-                .await;
+            match job.container_id.clone() {
+                None => {
+                    self.provisioning_failed(
+                        job,
+                        Failure::wait("provisioning was interrupted".into()),
+                    )
+                    .await
+                }
+                Some(c) if !live_ids.get(c.as_str()).copied().unwrap_or(false) => {
+                    self.on_container_exit(&c, Some(job.id), None).await
+                }
+                Some(_) => {}
+            }
+        }
+
+        // Idle runners: a live container whose runner runs no job.
+        for c in live.iter().filter(|c| c.running) {
+            let Some(owner_id) = c
+                .labels
+                .get(label_keys::JOB_ID)
+                .and_then(|s| Uuid::parse_str(s).ok())
+            else {
                 continue;
             };
-            match live_ids.get(container.as_str()) {
-                Some(true) => {
-                    let idle = (now - job.updated_at).to_std().unwrap_or_default();
-                    if idle > self.config.idle_timeout {
-                        tracing::warn!(job = %job.id, "runner idle past the timeout; stopping it");
-                        let _ = self.backend.stop(&container, Duration::from_secs(10)).await;
-                    }
-                }
-                _ => self.on_container_exit(&container, Some(job.id), None).await,
+            if in_flight.contains_key(&owner_id) {
+                continue;
+            }
+            let Ok(Some(owner)) = self.store.get_job(owner_id).await else {
+                continue;
+            };
+            let serving_other = matches!(
+                self.store.find_job_ran_in_container(&c.id).await,
+                Ok(Some(other)) if !other.status.is_terminal()
+            );
+            let serving_own = owner.container_id.as_deref() == Some(c.id.as_str())
+                && owner.status == JobStatus::Running
+                && owner.ran_in_container_id.is_none();
+            let idle_for = (now - owner.updated_at).to_std().unwrap_or_default();
+            if !serving_other && !serving_own && idle_for > self.config.idle_timeout {
+                tracing::warn!(job = %owner.id, container = %c.id, "runner idle past the timeout; stopping it");
+                let _ = self.backend.stop(&c.id, Duration::from_secs(10)).await;
+            }
+        }
+
+        // Running jobs GitHub may have finished without a webhook reaching us.
+        let Ok(running) = self
+            .store
+            .list_jobs(&JobFilter {
+                status: Some(JobStatus::Running),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+        else {
+            return;
+        };
+        for job in running {
+            let quiet_for = (now - job.updated_at).to_std().unwrap_or_default();
+            if job.github_job_id.is_some() && quiet_for > self.config.settle_after {
+                self.settle_from_github(&job).await;
             }
         }
     }

@@ -36,6 +36,7 @@ pub struct WebhookState {
 pub fn routes(state: WebhookState) -> axum::Router {
     axum::Router::new()
         .route("/webhooks/github", post(receive))
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .with_state(state)
 }

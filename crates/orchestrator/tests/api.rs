@@ -349,3 +349,49 @@ async fn health_readiness_and_metrics() {
         assert!(m.text.contains(name), "{name} missing from:\n{}", m.text);
     }
 }
+
+#[tokio::test]
+async fn matrix_legs_on_one_runner_are_separate_jobs() {
+    // Every leg of a matrix has the same GITHUB_JOB, run and attempt; a
+    // proxy runner runs them one after the other.
+    let app = test_app(None).await;
+    let token = app.runner_token("p").await;
+    let body = seed_hook_body("test", "77", "o/r", "p", "self-hosted");
+    let leg1 = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(leg1.status, StatusCode::CREATED);
+    // While leg 1 runs, the same call is a retry: same job.
+    let retry = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(retry.body["id"], leg1.body["id"]);
+    app.call_with("POST", "/api/jobs/test/complete", Some(&token), None, None)
+        .await;
+    let leg2 = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(leg2.status, StatusCode::CREATED, "{}", leg2.text);
+    assert_ne!(leg2.body["id"], leg1.body["id"]);
+    let done = app
+        .call_with("POST", "/api/jobs/test/complete", Some(&token), None, None)
+        .await;
+    assert_eq!(done.body["id"], leg2.body["id"]);
+    assert_eq!(done.body["status"], "completed");
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::registry::{FakeRegistry, JIT_SECRET_PREFIX, RegistryCall};
+use proxy_runner_domain::names::network_name;
 use proxy_runner_domain::ports::{GitHubError, JobFilter, JobStore, SystemClock, WorkflowJobInfo};
 use proxy_runner_domain::schedule::Caps;
 use proxy_runner_domain::{JobSource, JobStatus};
@@ -105,7 +106,7 @@ async fn a_queued_job_gets_its_own_hardened_runner_container_and_is_followed_to_
     let calls = r.backend.calls();
     assert_eq!(
         calls[0],
-        DryRunCall::EnsureNetwork("proxy-runner-octo-repo".into())
+        DryRunCall::EnsureNetwork(network_name("proxy-runner", "octo/repo"))
     );
     let DryRunCall::Start {
         name,
@@ -119,7 +120,8 @@ async fn a_queued_job_gets_its_own_hardened_runner_container_and_is_followed_to_
     };
     assert_eq!(name, &format!("runner-{id}"));
     assert_eq!(image, "github-runner:latest");
-    assert_eq!(network, "proxy-runner-octo-repo");
+    assert_eq!(network, &network_name("proxy-runner", "Octo/Repo"));
+    assert!(network.starts_with("proxy-runner-octo-repo-"));
     let env: std::collections::BTreeMap<_, _> = env.iter().cloned().collect();
     assert_eq!(env["RUNNER_NAME"], format!("ephemeral-{id}"));
     assert_eq!(
@@ -177,7 +179,10 @@ async fn a_queued_job_gets_its_own_hardened_runner_container_and_is_followed_to_
     assert!(
         r.backend
             .calls()
-            .contains(&DryRunCall::RemoveNetwork("proxy-runner-octo-repo".into()))
+            .contains(&DryRunCall::RemoveNetwork(network_name(
+                "proxy-runner",
+                "octo/repo"
+            )))
     );
     let audit: Vec<String> = r
         .store
@@ -260,6 +265,15 @@ async fn a_runner_started_for_one_job_may_take_another() {
         .unwrap()
         .container_id
         .unwrap();
+    let own_b = r
+        .store
+        .get_job(jb)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    assert_ne!(own_b, container_a);
     // GitHub gives job B to the runner started for job A.
     let mut b_running = b.clone();
     b_running.runner_name = Some(format!("ephemeral-{ja}"));
@@ -278,12 +292,18 @@ async fn a_runner_started_for_one_job_may_take_another() {
         Some(container_a.as_str()),
         "B ran in A's container"
     );
-    let own_b = job_b
-        .container_id
-        .clone()
-        .expect("B's own container is still recorded");
-    assert_ne!(own_b, container_a);
-    // And A in B's: each keeps its own container for exit handling.
+    assert_eq!(
+        job_b.container_id.as_deref(),
+        Some(own_b.as_str()),
+        "B's own container is still recorded"
+    );
+    // A lost its runner to B; B's own runner is free, so A waits for it.
+    let job_a = r.store.get_job(ja).await.unwrap().unwrap();
+    assert_eq!(job_a.status, JobStatus::Queued);
+    assert_eq!(job_a.container_id, None);
+    assert!(job_a.not_before.is_some(), "waits out the hand-off grace");
+
+    // B's runner takes A.
     let mut a_running = a.clone();
     a_running.runner_name = Some(format!("ephemeral-{jb}"));
     r.scaler
@@ -292,20 +312,25 @@ async fn a_runner_started_for_one_job_may_take_another() {
         .unwrap();
     let job_a = r.store.get_job(ja).await.unwrap().unwrap();
     assert_eq!(job_a.status, JobStatus::Running);
-    assert_eq!(job_a.container_id.as_deref(), Some(container_a.as_str()));
     assert_eq!(job_a.ran_in_container_id.as_deref(), Some(own_b.as_str()));
+    assert_eq!(job_a.attempts, 0, "no attempt was used by the swap");
 
-    // Both containers exit after their swapped jobs: no failure is recorded.
+    // Both containers exit after their swapped jobs: no failure, no retry.
     for (job, c) in [(ja, &container_a), (jb, &own_b)] {
         r.backend.exit(c, 0);
         r.scaler.on_container_exit(c, Some(job), Some(0)).await;
     }
     for id in [ja, jb] {
-        let j = r.store.get_job(id).await.unwrap().unwrap();
-        assert_eq!(j.status, JobStatus::Running);
-        assert_eq!(j.last_error, None);
-        assert_eq!(j.exit_code, Some(0));
+        assert_eq!(
+            r.store.get_job(id).await.unwrap().unwrap().status,
+            JobStatus::Running
+        );
     }
+    assert_eq!(
+        r.backend.live().len(),
+        0,
+        "no runner was started for the swap"
+    );
 }
 
 #[tokio::test]
@@ -801,4 +826,143 @@ async fn cancelling_a_job_stops_its_idle_runner() {
         JobStatus::Cancelled
     );
     assert!(r.backend.calls().contains(&DryRunCall::Stop(container)));
+}
+
+#[tokio::test]
+async fn a_runner_that_exits_before_we_heard_of_its_job_is_settled_from_github_not_retried() {
+    // Poll-only setups (and late webhooks) learn nothing between queued and
+    // the container's exit: GitHub is asked before anything is retried.
+    let r = rig(AutoscaleConfig::default()).await;
+    let ev = info(50, "o/r", &["self-hosted"]);
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(JobAction::Queued, &ev, JobSource::Poll)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let container = r
+        .store
+        .get_job(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    let mut done = ev.clone();
+    done.status = "completed".into();
+    done.conclusion = Some("success".into());
+    done.runner_name = Some(format!("ephemeral-{id}"));
+    r.registry.github_jobs.lock().unwrap().insert(50, done);
+    r.backend.exit(&container, 0);
+    r.scaler
+        .on_container_exit(&container, Some(id), Some(0))
+        .await;
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.last_error);
+    assert_eq!(job.conclusion.as_deref(), Some("success"));
+    assert_eq!(job.attempts, 1, "not retried");
+}
+
+#[tokio::test]
+async fn reconcile_settles_running_jobs_whose_completion_never_arrived() {
+    let r = rig(AutoscaleConfig {
+        settle_after: Duration::ZERO,
+        ..AutoscaleConfig::default()
+    })
+    .await;
+    let ev = info(51, "o/r", &["self-hosted"]);
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(JobAction::Queued, &ev, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let mut running = ev.clone();
+    running.runner_name = Some(format!("ephemeral-{id}"));
+    r.scaler
+        .ingest(JobAction::InProgress, &running, JobSource::Webhook)
+        .await
+        .unwrap();
+    r.scaler.reconcile().await;
+    assert_eq!(
+        r.store.get_job(id).await.unwrap().unwrap().status,
+        JobStatus::Running,
+        "GitHub knows nothing new"
+    );
+    let mut done = running.clone();
+    done.status = "completed".into();
+    done.conclusion = Some("failure".into());
+    r.registry.github_jobs.lock().unwrap().insert(51, done);
+    r.scaler.reconcile().await;
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.conclusion.as_deref(), Some("failure"));
+}
+
+#[tokio::test]
+async fn the_idle_timeout_spares_a_runner_that_runs_another_job_and_the_owner_gets_a_runner_at_once()
+ {
+    let r = rig(AutoscaleConfig {
+        idle_timeout: Duration::ZERO,
+        caps: Caps {
+            global: 1,
+            per_repository: 1,
+        },
+        ..AutoscaleConfig::default()
+    })
+    .await;
+    let a = info(60, "o/r", &["self-hosted"]);
+    let b = info(61, "o/r", &["self-hosted"]);
+    let Ingested::Created(ja) = r
+        .scaler
+        .ingest(JobAction::Queued, &a, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let Ingested::Created(jb) = r
+        .scaler
+        .ingest(JobAction::Queued, &b, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let container_a = r
+        .store
+        .get_job(ja)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    // GitHub gives B (no runner of its own yet) to A's runner.
+    let mut b_running = b.clone();
+    b_running.runner_name = Some(format!("ephemeral-{ja}"));
+    r.scaler
+        .ingest(JobAction::InProgress, &b_running, JobSource::Webhook)
+        .await
+        .unwrap();
+    // A learns at once that it needs another runner: no waiting for B to end.
+    let job_a = r.store.get_job(ja).await.unwrap().unwrap();
+    assert_eq!(job_a.status, JobStatus::Queued, "{:?}", job_a.last_error);
+    assert_eq!(job_a.container_id, None);
+    assert!(job_a.last_error.unwrap().contains(&jb.to_string()));
+    // The idle timeout (zero here) must not stop the container running B.
+    r.scaler.reconcile().await;
+    assert!(
+        !r.backend
+            .calls()
+            .contains(&DryRunCall::Stop(container_a.clone())),
+        "B's runner was killed"
+    );
+    assert!(r.backend.live().iter().any(|c| c.id == container_a));
 }

@@ -100,6 +100,9 @@ async fn every_endpoint_rejects_bad_input_cleanly() {
         case("revoke unknown", "DELETE", &format!("/api/tokens/{unknown}"), Some(ADMIN), None, 404, "not_found", "no active token"),
         case("revoke as runner", "DELETE", &format!("/api/tokens/{unknown}"), Some(r), None, 403, "forbidden", "admin"),
         case("revoke without auth", "DELETE", &format!("/api/tokens/{unknown}"), None, None, 401, "unauthorized", "Authorization"),
+        case("complete with a non-UTF-8 id", "POST", "/api/jobs/%FF/complete", Some(r), None, 400, "bad_path", "UTF-8"),
+        case("get with a non-UTF-8 id", "GET", "/api/jobs/%FF", Some(ADMIN), None, 400, "bad_path", "UTF-8"),
+        case("non-UTF-8 id without a token", "GET", "/api/jobs/%FF", None, None, 401, "unauthorized", "Authorization"),
         // --- misc
         case("unknown route", "GET", "/api/nothing", Some(ADMIN), None, 404, "not_found", "no such route"),
         case("wrong method", "PUT", "/api/tokens", Some(ADMIN), None, 405, "method_not_allowed", "not allowed"),

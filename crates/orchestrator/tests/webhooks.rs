@@ -271,6 +271,20 @@ async fn malformed_payloads_and_headers_get_clear_4xx() {
         StatusCode::BAD_REQUEST,
         "missing X-GitHub-Event"
     );
+    let resp = h
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/webhooks/github")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["code"], "method_not_allowed");
     // 25 MiB + 1 is refused without reading it as JSON.
     let big = vec![b' '; 25 * 1024 * 1024 + 1];
     let (s, r) = h

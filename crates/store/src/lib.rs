@@ -243,8 +243,11 @@ impl JobStore for SqliteStore {
     async fn update_job(&self, job: &Job, expected: JobStatus) -> Result<bool, StoreError> {
         let github_job_id = job.github_job_id.map(i64_id).transpose()?;
         let done = sqlx::query(
-            "UPDATE jobs SET status = ?, runner_name = ?, github_job_id = ?, updated_at = ?, data = ?
-             WHERE id = ? AND status = ?",
+            // A finished job gives up its delegation key: the next leg of a
+            // matrix (same GITHUB_JOB, run, attempt and runner) is a new job.
+            "UPDATE jobs SET status = ?1, runner_name = ?2, github_job_id = ?3, updated_at = ?4, data = ?5,
+                 delegation_key = CASE WHEN ?1 IN ('completed', 'failed', 'cancelled') THEN NULL ELSE delegation_key END
+             WHERE id = ?6 AND status = ?7",
         )
         .bind(job.status.as_str())
         .bind(&job.runner_name)

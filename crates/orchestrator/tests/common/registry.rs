@@ -33,6 +33,8 @@ pub struct FakeRegistry {
     /// Errors returned by the next JIT calls, in order.
     pub jit_failures: Mutex<VecDeque<GitHubError>>,
     next_id: Mutex<u64>,
+    /// What `get_workflow_job` answers, by GitHub job id (tests set it).
+    pub github_jobs: Mutex<std::collections::HashMap<u64, WorkflowJobInfo>>,
 }
 
 pub const JIT_SECRET_PREFIX: &str = "jit-SECRET-";
@@ -104,6 +106,19 @@ impl RunnerRegistry for FakeRegistry {
             .unwrap()
             .push(RegistryCall::List(scope.clone()));
         Ok(Vec::new())
+    }
+    async fn get_workflow_job(
+        &self,
+        _owner: &str,
+        _repo: &str,
+        job_id: u64,
+    ) -> Result<WorkflowJobInfo, GitHubError> {
+        self.github_jobs
+            .lock()
+            .unwrap()
+            .get(&job_id)
+            .cloned()
+            .ok_or_else(|| GitHubError::NotFound(format!("job {job_id}")))
     }
     async fn list_queued_jobs(
         &self,
