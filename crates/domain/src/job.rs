@@ -247,6 +247,7 @@ impl NewJob {
             not_before: None,
             exit_code: None,
             conclusion: None,
+            revision: 0,
         }
     }
 }
@@ -295,6 +296,9 @@ pub struct Job {
     pub not_before: Option<DateTime<Utc>>,
     pub exit_code: Option<i32>,
     pub conclusion: Option<String>,
+    /// The store's revision of this record; every write bumps it.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl Job {

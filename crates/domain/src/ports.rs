@@ -116,9 +116,10 @@ pub trait JobStore: Send + Sync + 'static {
         job_key: &str,
     ) -> Result<Option<Job>, StoreError>;
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
-    /// Writes `job` if its stored status is still `expected` (compare and set).
-    /// Returns false when another writer moved the job first.
-    async fn update_job(&self, job: &Job, expected: JobStatus) -> Result<bool, StoreError>;
+    /// Writes `job` if the stored record is still the one `job` was read as:
+    /// status `expected` and the same `revision` (compare and set). On
+    /// success `job.revision` is bumped; false when another writer won.
+    async fn update_job(&self, job: &mut Job, expected: JobStatus) -> Result<bool, StoreError>;
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     async fn find_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;

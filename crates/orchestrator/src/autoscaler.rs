@@ -188,7 +188,7 @@ impl Autoscaler {
         }
     }
 
-    async fn save(&self, job: &Job, expected: JobStatus) -> Result<bool, String> {
+    async fn save(&self, job: &mut Job, expected: JobStatus) -> Result<bool, String> {
         self.store
             .update_job(job, expected)
             .await
@@ -245,7 +245,7 @@ impl Autoscaler {
                 hook_job.github_job_id = Some(info.id);
                 hook_job.runner_id = info.runner_id.or(hook_job.runner_id);
                 hook_job.updated_at = now;
-                if !self.save(&hook_job, expected).await? {
+                if !self.save(&mut hook_job, expected).await? {
                     return Ok(None);
                 }
                 existing = Some(hook_job);
@@ -305,7 +305,7 @@ impl Autoscaler {
         if job == before {
             return Ok(Some(Ingested::Unchanged(job.id)));
         }
-        if !self.save(&job, before.status).await? {
+        if !self.save(&mut job, before.status).await? {
             return Ok(None);
         }
         if job.status != before.status {
@@ -543,7 +543,7 @@ impl Autoscaler {
                 .lock()
                 .expect("lock")
                 .insert(job.id, job.repository.to_ascii_lowercase());
-            let saved = self.save(&job, JobStatus::Queued).await;
+            let saved = self.save(&mut job, JobStatus::Queued).await;
             if !matches!(saved, Ok(true)) {
                 self.in_flight.lock().expect("lock").remove(&job.id);
                 saved?;
@@ -711,7 +711,7 @@ impl Autoscaler {
                     let expected = current.status;
                     current.container_id = Some(started.id.clone());
                     current.provisioned_runner_id = job.provisioned_runner_id;
-                    let _ = self.save(&current, expected).await;
+                    let _ = self.save(&mut current, expected).await;
                     if current.status.is_terminal() {
                         let _ = self.backend.stop(&started.id, Duration::from_secs(5)).await;
                     }
@@ -775,7 +775,7 @@ impl Autoscaler {
             job.not_before = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
         }
         tracing::warn!(job = %job.id, attempt = job.attempts, error = %failure.message, gave_up = give_up, "provisioning failed");
-        match self.save(&job, JobStatus::Provisioning).await {
+        match self.save(&mut job, JobStatus::Provisioning).await {
             // GitHub settled the job meanwhile (finished, cancelled): nothing to retry.
             Ok(false) => {}
             Ok(true) => {
@@ -835,7 +835,7 @@ impl Autoscaler {
                     .and_then(|c| i32::try_from(c).ok())
                     .or(job.exit_code);
                 job.updated_at = self.clock.now();
-                match self.save(&job, expected).await {
+                match self.save(&mut job, expected).await {
                     Ok(true) => {
                         self.deregister(&job).await;
                         return;

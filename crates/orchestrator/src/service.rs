@@ -199,7 +199,7 @@ impl Orchestrator {
                 .map_err(|e| ApiError::conflict(e.to_string()))?;
             job.exit_code = completion.exit_code.or(job.exit_code);
             job.conclusion = conclusion.or(job.conclusion);
-            if self.store.update_job(&job, expected).await? {
+            if self.store.update_job(&mut job, expected).await? {
                 let shown = job.conclusion.clone().unwrap_or_else(|| "unknown".into());
                 metrics::counter!(m::JOBS_COMPLETED, "conclusion" => shown.clone()).increment(1);
                 metrics::counter!(m::JOB_TRANSITIONS, "to" => target.as_str()).increment(1);

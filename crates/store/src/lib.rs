@@ -103,7 +103,11 @@ impl SqliteStore {
 
 fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
     let data: String = row.try_get("data").map_err(unavailable)?;
-    serde_json::from_str(&data).map_err(|e| StoreError::Invalid(format!("bad job record: {e}")))
+    let mut job: Job = serde_json::from_str(&data)
+        .map_err(|e| StoreError::Invalid(format!("bad job record: {e}")))?;
+    let revision: i64 = row.try_get("revision").map_err(unavailable)?;
+    job.revision = u64::try_from(revision).unwrap_or_default();
+    Ok(job)
 }
 
 fn job_json(job: &Job) -> Result<String, StoreError> {
@@ -158,7 +162,7 @@ impl JobStore for SqliteStore {
             return Ok(Inserted::New(job.clone()));
         }
         let existing = sqlx::query(
-            "SELECT data FROM jobs
+            "SELECT data, revision FROM jobs
              WHERE (?1 IS NOT NULL AND delegation_key = ?1)
                 OR (?2 IS NOT NULL AND github_job_id = ?2)
                 OR id = ?3
@@ -179,7 +183,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
-        sqlx::query("SELECT data FROM jobs WHERE id = ?")
+        sqlx::query("SELECT data, revision FROM jobs WHERE id = ?")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
@@ -190,7 +194,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn find_by_github_job_id(&self, github_job_id: u64) -> Result<Option<Job>, StoreError> {
-        sqlx::query("SELECT data FROM jobs WHERE github_job_id = ?")
+        sqlx::query("SELECT data, revision FROM jobs WHERE github_job_id = ?")
             .bind(i64_id(github_job_id)?)
             .fetch_optional(&self.pool)
             .await
@@ -206,7 +210,7 @@ impl JobStore for SqliteStore {
         job_key: &str,
     ) -> Result<Option<Job>, StoreError> {
         sqlx::query(
-            "SELECT data FROM jobs
+            "SELECT data, revision FROM jobs
              WHERE runner_name = ? AND job_key = ?
                AND status NOT IN ('completed', 'failed', 'cancelled')
              ORDER BY id DESC LIMIT 1",
@@ -224,7 +228,7 @@ impl JobStore for SqliteStore {
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
         let limit = filter.limit.clamp(1, MAX_PAGE) as i64;
         let rows = sqlx::query(
-            "SELECT data FROM jobs
+            "SELECT data, revision FROM jobs
              WHERE (?1 IS NULL OR status = ?1)
                AND (?2 IS NULL OR repository = ?2)
                AND (?3 IS NULL OR id > ?3)
@@ -240,22 +244,27 @@ impl JobStore for SqliteStore {
         rows.iter().map(job_from_row).collect()
     }
 
-    async fn update_job(&self, job: &Job, expected: JobStatus) -> Result<bool, StoreError> {
+    async fn update_job(&self, job: &mut Job, expected: JobStatus) -> Result<bool, StoreError> {
         let github_job_id = job.github_job_id.map(i64_id).transpose()?;
+        let read_at = job.revision;
+        let mut next = job.clone();
+        next.revision = read_at + 1;
         let done = sqlx::query(
             // A finished job gives up its delegation key: the next leg of a
             // matrix (same GITHUB_JOB, run, attempt and runner) is a new job.
             "UPDATE jobs SET status = ?1, runner_name = ?2, github_job_id = ?3, updated_at = ?4, data = ?5,
+                 revision = revision + 1,
                  delegation_key = CASE WHEN ?1 IN ('completed', 'failed', 'cancelled') THEN NULL ELSE delegation_key END
-             WHERE id = ?6 AND status = ?7",
+             WHERE id = ?6 AND status = ?7 AND revision = ?8",
         )
-        .bind(job.status.as_str())
-        .bind(&job.runner_name)
+        .bind(next.status.as_str())
+        .bind(&next.runner_name)
         .bind(github_job_id)
-        .bind(ts(job.updated_at))
-        .bind(job_json(job)?)
-        .bind(job.id.to_string())
+        .bind(ts(next.updated_at))
+        .bind(job_json(&next)?)
+        .bind(next.id.to_string())
         .bind(expected.as_str())
+        .bind(i64::try_from(read_at).unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await
         .map_err(|e| match &e {
@@ -266,6 +275,9 @@ impl JobStore for SqliteStore {
             _ => unavailable(e),
         })?
         .rows_affected();
+        if done == 1 {
+            job.revision = next.revision;
+        }
         Ok(done == 1)
     }
 
@@ -388,7 +400,7 @@ impl JobStore for SqliteStore {
         run_attempt: u32,
     ) -> Result<Option<Job>, StoreError> {
         sqlx::query(
-            "SELECT data FROM jobs
+            "SELECT data, revision FROM jobs
              WHERE runner_name = ? AND repository = ? AND github_job_id IS NULL
                AND json_extract(data, '$.source') = 'hook'
                AND json_extract(data, '$.runId') = ? AND json_extract(data, '$.runAttempt') = ?
@@ -411,7 +423,7 @@ impl JobStore for SqliteStore {
         container_id: &str,
     ) -> Result<Option<Job>, StoreError> {
         sqlx::query(
-            "SELECT data FROM jobs WHERE json_extract(data, '$.ranInContainerId') = ? ORDER BY id DESC LIMIT 1",
+            "SELECT data, revision FROM jobs WHERE json_extract(data, '$.ranInContainerId') = ? ORDER BY id DESC LIMIT 1",
         )
         .bind(container_id)
         .fetch_optional(&self.pool)

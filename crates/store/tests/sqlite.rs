@@ -83,14 +83,53 @@ async fn compare_and_set_updates() {
     store.insert_job(&job).await.unwrap();
     job.transition(JobStatus::Provisioning, t(1)).unwrap();
     job.container_id = Some("abc".into());
-    assert!(store.update_job(&job, JobStatus::Queued).await.unwrap());
+    assert!(store.update_job(&mut job, JobStatus::Queued).await.unwrap());
     // A second writer that still thinks the job is queued loses.
     let mut stale = job.clone();
     stale.status = JobStatus::Cancelled;
-    assert!(!store.update_job(&stale, JobStatus::Queued).await.unwrap());
+    assert!(
+        !store
+            .update_job(&mut stale, JobStatus::Queued)
+            .await
+            .unwrap()
+    );
     let stored = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!(stored.status, JobStatus::Provisioning);
     assert_eq!(stored.container_id.as_deref(), Some("abc"));
+    assert_eq!(stored.revision, 1);
+    assert_eq!(job.revision, 1, "the writer's copy follows its own write");
+
+    // Two writers read the same revision; both keep the status. The second
+    // must not overwrite what the first wrote.
+    let mut first = store.get_job(job.id).await.unwrap().unwrap();
+    let mut second = first.clone();
+    first.runner_id = Some(7);
+    assert!(
+        store
+            .update_job(&mut first, JobStatus::Provisioning)
+            .await
+            .unwrap()
+    );
+    second.container_id = None;
+    assert!(
+        !store
+            .update_job(&mut second, JobStatus::Provisioning)
+            .await
+            .unwrap()
+    );
+    let stored = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.runner_id, stored.container_id.as_deref()),
+        (Some(7), Some("abc"))
+    );
+    // The same writer can write again with its updated copy.
+    first.exit_code = Some(0);
+    assert!(
+        store
+            .update_job(&mut first, JobStatus::Provisioning)
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
@@ -101,7 +140,10 @@ async fn linking_a_github_job_id_twice_is_refused() {
     let mut b = hook_job("o/r", "build", "p", 9);
     store.insert_job(&b).await.unwrap();
     b.github_job_id = Some(5);
-    let err = store.update_job(&b, JobStatus::Queued).await.unwrap_err();
+    let err = store
+        .update_job(&mut b, JobStatus::Queued)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("already linked"), "{err}");
 }
 
@@ -111,7 +153,7 @@ async fn active_job_of_a_runner_by_key() {
     let mut old = hook_job("o/r", "build", "proxy-1", 1);
     store.insert_job(&old).await.unwrap();
     old.transition(JobStatus::Completed, t(5)).unwrap();
-    assert!(store.update_job(&old, JobStatus::Queued).await.unwrap());
+    assert!(store.update_job(&mut old, JobStatus::Queued).await.unwrap());
     let new = hook_job("o/r", "build", "proxy-1", 2);
     store.insert_job(&new).await.unwrap();
     let other_runner = hook_job("o/r", "build", "proxy-2", 3);
@@ -338,7 +380,7 @@ async fn hook_jobs_are_found_for_linking_until_linked() {
             .is_none()
     );
     job.github_job_id = Some(555);
-    assert!(store.update_job(&job, JobStatus::Queued).await.unwrap());
+    assert!(store.update_job(&mut job, JobStatus::Queued).await.unwrap());
     assert!(
         store
             .find_unlinked_hook_job("proxy-1", "o/r", 42, 1)
@@ -360,7 +402,7 @@ async fn a_file_database_survives_reopening_and_is_versioned() {
     {
         let store = SqliteStore::open(&path).await.unwrap();
         store.insert_job(&job).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 2);
+        assert_eq!(store.schema_version().await.unwrap(), 3);
         store.close().await;
     }
     let store = SqliteStore::open(&path).await.unwrap();
