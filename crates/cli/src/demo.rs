@@ -64,11 +64,17 @@ fn random_secret(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(b))
 }
 
-/// The image tag is derived from the binary, so a rebuilt binary gets a fresh image.
+/// The image tag is derived from the binary and the userland it gets (static
+/// busybox, or this host's shell and tools), so a rebuilt binary gets a fresh
+/// image.
 fn runner_image_tag(binary: &std::path::Path) -> anyhow::Result<String> {
     let bytes =
         std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
-    let digest = hex::encode(Sha256::digest(&bytes));
+    let mut hasher = Sha256::new();
+    hasher.update(&bytes);
+    let busybox = std::path::Path::new(proxy_runner_docker::image::DEFAULT_BUSYBOX).exists();
+    hasher.update(if busybox { b"busybox" } else { b"host-sh" });
+    let digest = hex::encode(hasher.finalize());
     Ok(format!("proxy-runner-local-runner:{}", &digest[..16]))
 }
 

@@ -66,8 +66,17 @@ pub async fn build_runner_image(
     docker: &DockerBackend,
     options: &RunnerImageOptions,
 ) -> Result<(), BackendError> {
-    let libraries = shared_libraries(&options.binary).await?;
-    let context = runner_build_context(options, &libraries)?;
+    let mut libraries = shared_libraries(&options.binary).await?;
+    let context = if options.busybox.exists() {
+        runner_build_context(options, &libraries)?
+    } else {
+        tracing::info!(busybox = %options.busybox.display(), "no static busybox here; the image gets this host's sh and tools");
+        let (tools, more) = host_userland().await?;
+        libraries.extend(more);
+        libraries.sort();
+        libraries.dedup();
+        build_context(options, &libraries, &tools, false)?
+    };
     build_from_context(docker, &options.tag, context).await
 }
 
@@ -90,7 +99,7 @@ pub async fn build_test_busybox_image(
     docker: &DockerBackend,
     busybox: &Path,
 ) -> Result<(), BackendError> {
-    let mut context = Context::new(busybox)?;
+    let mut context = Context::new(Some(busybox))?;
     context.finish_dockerfile("test-busybox", &[], None, None);
     build_from_context(docker, TEST_BUSYBOX_IMAGE, context.into_tar()?).await
 }
@@ -108,13 +117,29 @@ pub async fn ensure_test_busybox_image(docker: &DockerBackend) -> Result<String,
 /// Debian's CA bundle, copied into runner images at the same path.
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// The build context (a tar archive) of a runner image.
+/// The build context (a tar archive) of a runner image with busybox as its
+/// shell and tools.
 pub fn runner_build_context(
     options: &RunnerImageOptions,
     libraries: &[PathBuf],
 ) -> Result<Vec<u8>, BackendError> {
-    let mut context = Context::new(&options.busybox)?;
+    build_context(options, libraries, &[], true)
+}
+
+/// Without busybox the image gets the host's own `sh` and a set of common
+/// tools (dash and coreutils are on every Debian machine); `tools` are
+/// `(host file, path in the image)` pairs, their libraries in `libraries`.
+fn build_context(
+    options: &RunnerImageOptions,
+    libraries: &[PathBuf],
+    tools: &[(PathBuf, String)],
+    with_busybox: bool,
+) -> Result<Vec<u8>, BackendError> {
+    let mut context = Context::new(with_busybox.then_some(options.busybox.as_path()))?;
     context.add_host_file(&options.binary, RUNNER_BINARY_PATH, 0o755)?;
+    for (host, inside) in tools {
+        context.add_host_file(host, inside, 0o755)?;
+    }
     // TLS clients (the runner talks HTTPS to GitHub) refuse to start
     // without trust roots: carry the host's bundle when it has one.
     let ca_bundle = Path::new(CA_BUNDLE);
@@ -144,6 +169,40 @@ pub fn runner_build_context(
         env,
     );
     context.into_tar()
+}
+
+/// Tools the job steps of the local image can count on when it is built
+/// from the host's userland (the shell is `dash`, as `/bin/sh`).
+const HOST_TOOLS: &[&str] = &[
+    "cat", "chmod", "cp", "cut", "date", "dirname", "basename", "echo", "env", "false", "grep",
+    "head", "hostname", "id", "ls", "mkdir", "mv", "printf", "pwd", "rm", "sed", "sleep", "sort",
+    "tail", "tee", "touch", "tr", "true", "uname", "wc",
+];
+
+/// The host's `/bin/sh` and [`HOST_TOOLS`] that exist here, resolved to real
+/// files, with the shared libraries they need.
+async fn host_userland() -> Result<(Vec<(PathBuf, String)>, Vec<PathBuf>), BackendError> {
+    let find = |name: &str| {
+        ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.exists())
+            .and_then(|p| std::fs::canonicalize(p).ok())
+    };
+    let shell = std::fs::canonicalize("/bin/sh").map_err(|e| {
+        BackendError::Other(format!("no /bin/sh on this host to put in the image: {e}"))
+    })?;
+    let mut tools = vec![(shell, "/bin/sh".to_string())];
+    for name in HOST_TOOLS {
+        if let Some(real) = find(name) {
+            tools.push((real, format!("/bin/{name}")));
+        }
+    }
+    let mut libraries = BTreeSet::new();
+    for (host, _) in &tools {
+        libraries.extend(shared_libraries(host).await?);
+    }
+    Ok((tools, libraries.into_iter().collect()))
 }
 
 /// The shared libraries `binary` loads, the dynamic loader included; empty
@@ -258,18 +317,13 @@ struct Context {
 }
 
 impl Context {
-    fn new(busybox: &Path) -> Result<Self, BackendError> {
+    /// A context with a shell: busybox when given, else nothing yet (the
+    /// caller adds the host's own shell and tools).
+    fn new(busybox: Option<&Path>) -> Result<Self, BackendError> {
         let mut context = Context {
             tar: tar::Builder::new(Vec::new()),
             dockerfile: String::new(),
         };
-        let busybox_bytes = std::fs::read(busybox).map_err(|e| {
-            BackendError::Other(format!(
-                "cannot read busybox at {} (Debian package busybox-static): {e}",
-                busybox.display()
-            ))
-        })?;
-        context.add_bytes("busybox", &busybox_bytes, 0o755)?;
         let uid = RUNNER_UID;
         let passwd = format!(
             "root:x:0:0:root:/root:/bin/sh\n\
@@ -279,16 +333,47 @@ impl Context {
         let group = format!("root:x:0:\nrunner:x:{uid}:\nnogroup:x:65534:\n");
         context.add_bytes("rootfs/etc/passwd", passwd.as_bytes(), 0o644)?;
         context.add_bytes("rootfs/etc/group", group.as_bytes(), 0o644)?;
-        context.dockerfile.push_str(&format!(
-            "# Built in memory by proxy-runner; nothing is pulled.\n\
-             FROM scratch\n\
-             COPY busybox /bin/busybox\n\
-             RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-             RUN mkdir -p /tmp /home/runner && chmod 1777 /tmp \
-             && chown {uid}:{uid} /home/runner && chmod 0755 /home/runner\n\
-             COPY rootfs/ /\n"
-        ));
+        context
+            .dockerfile
+            .push_str("# Built in memory by proxy-runner; nothing is pulled.\nFROM scratch\n");
+        match busybox {
+            Some(busybox) => {
+                let busybox_bytes = std::fs::read(busybox).map_err(|e| {
+                    BackendError::Other(format!(
+                        "cannot read busybox at {} (Debian package busybox-static): {e}",
+                        busybox.display()
+                    ))
+                })?;
+                context.add_bytes("busybox", &busybox_bytes, 0o755)?;
+                context.dockerfile.push_str(&format!(
+                    "COPY busybox /bin/busybox\n\
+                     RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+                     RUN mkdir -p /tmp /home/runner && chmod 1777 /tmp \
+                     && chown {uid}:{uid} /home/runner && chmod 0755 /home/runner\n"
+                ));
+            }
+            None => {
+                // No shell to RUN anything with during the build: the
+                // directories come from the archive itself.
+                context.add_dir("rootfs/tmp", 0o1777, 0)?;
+                context.add_dir("rootfs/home/runner", 0o755, uid)?;
+            }
+        }
+        context.dockerfile.push_str("COPY rootfs/ /\n");
         Ok(context)
+    }
+
+    fn add_dir(&mut self, path: &str, mode: u32, owner: u32) -> Result<(), BackendError> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        header.set_mode(mode);
+        header.set_uid(owner.into());
+        header.set_gid(owner.into());
+        header.set_mtime(0);
+        self.tar
+            .append_data(&mut header, path, std::io::empty())
+            .map_err(|e| BackendError::Other(format!("build context: {e}")))
     }
 
     /// Copies a host file into the image at the absolute path `inside`.

@@ -111,3 +111,42 @@ async fn building_from_a_missing_binary_fails_cleanly() {
             .expect("inspect")
     );
 }
+
+#[tokio::test]
+async fn without_busybox_the_image_gets_the_hosts_shell_and_tools() {
+    let Some(mut scope) = common::Scope::new("runner-image-host").await else {
+        return;
+    };
+    let binary = std::env::current_exe().expect("test executable");
+    let tag = format!("proxy-runner-test-runner:{}", common::suffix());
+    scope.own_image(&tag);
+    let mut options = RunnerImageOptions::new(&tag, &binary);
+    options.busybox = "/nonexistent/busybox".into();
+    options.entrypoint = vec![RUNNER_BINARY_PATH.to_string()];
+    options.command = Some(vec!["--list".to_string()]);
+    build_runner_image(&scope.docker, &options)
+        .await
+        .expect("built without busybox");
+
+    let network = scope.network("net").await;
+    // The steps of the demo and common shell use work, hardened as always.
+    let probe = r#"
+[ "$(id -u):$(id -g)" = 1001:1001 ] || exit 11
+if touch /usr/local/bin/x 2>/dev/null; then exit 13; fi
+touch /tmp/x /home/runner/x || exit 14
+echo "on $(hostname) $(uname -s)" | grep -q "on .* Linux" || exit 15
+sleep 0.1 && date >/dev/null && ls / | grep -q tmp || exit 16
+/usr/local/bin/proxy-runner --list | grep -q ": test" || exit 17
+exit 0
+"#;
+    let mut shell = scope.spec("shell", &network, probe);
+    shell.image = tag.clone();
+    let started = scope
+        .docker
+        .start_with_entrypoint(&shell, Some(vec![]))
+        .await
+        .expect("started");
+    let code = scope.docker.wait(&started.id).await.expect("exit");
+    let logs = scope.docker.logs(&started.id).await.unwrap_or_default();
+    assert_eq!(code, 0, "probe failed: {logs}");
+}

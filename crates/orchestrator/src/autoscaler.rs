@@ -733,9 +733,17 @@ impl Autoscaler {
     /// Deletes the runner registered for the job's own container, if GitHub
     /// still has it (an ephemeral runner that ran its job is already gone).
     async fn deregister(&self, job: &Job) {
-        let (Some(runner_id), Some(scope)) =
-            (job.provisioned_runner_id, self.scope_for(&job.repository))
-        else {
+        let Some(scope) = self.scope_for(&job.repository) else {
+            return;
+        };
+        let Some(runner_id) = job.provisioned_runner_id else {
+            // Registration-token runners register themselves: we know only
+            // the name we gave them.
+            if self.config.registration == Registration::RegistrationToken
+                && job.source != JobSource::Hook
+            {
+                self.delete_runner_named(&scope, &runner_name(job.id)).await;
+            }
             return;
         };
         match self.registry.delete_runner(&scope, runner_id).await {

@@ -966,3 +966,75 @@ async fn the_idle_timeout_spares_a_runner_that_runs_another_job_and_the_owner_ge
     );
     assert!(r.backend.live().iter().any(|c| c.id == container_a));
 }
+
+#[tokio::test]
+async fn registration_token_mode_passes_a_token_and_cleans_up_by_runner_name() {
+    use proxy_runner_orchestrator::config::Registration;
+    let r = rig(AutoscaleConfig {
+        registration: Registration::RegistrationToken,
+        max_attempts: 1,
+        ..AutoscaleConfig::default()
+    })
+    .await;
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(
+            JobAction::Queued,
+            &info(70, "o/r", &["self-hosted"]),
+            JobSource::Webhook,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let calls = r.backend.calls();
+    let env = calls
+        .iter()
+        .find_map(|c| match c {
+            DryRunCall::Start { env, .. } => Some(env.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let env: std::collections::BTreeMap<_, _> = env.into_iter().collect();
+    assert_eq!(
+        env["RUNNER_TOKEN"], "***",
+        "the registration token reaches the engine as a secret"
+    );
+    assert!(!env.contains_key("ACTIONS_RUNNER_INPUT_JITCONFIG"));
+    assert_eq!(env["RUNNER_NAME"], format!("ephemeral-{id}"));
+    assert!(
+        r.registry
+            .calls()
+            .iter()
+            .any(|c| matches!(c, RegistryCall::RegistrationToken(_)))
+    );
+    assert!(
+        !r.registry
+            .calls()
+            .iter()
+            .any(|c| matches!(c, RegistryCall::Jit { .. }))
+    );
+    // The runner dies before taking the job: it is looked up by name to be deleted.
+    let c = r
+        .store
+        .get_job(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    r.backend.exit(&c, 1);
+    r.scaler.on_container_exit(&c, Some(id), Some(1)).await;
+    assert!(
+        r.registry
+            .calls()
+            .iter()
+            .any(|c| matches!(c, RegistryCall::List(_)))
+    );
+    assert_eq!(
+        r.store.get_job(id).await.unwrap().unwrap().status,
+        JobStatus::Failed
+    );
+}

@@ -54,6 +54,16 @@ impl Scope {
     /// Connects (or skips) and makes sure the busybox test image exists.
     pub async fn new(test: &str) -> Option<Scope> {
         let docker = docker_or_skip().await?;
+        // The probes use busybox's applets (nc, awk, ...): Debian's
+        // busybox-static, which CI installs.
+        if !std::path::Path::new(proxy_runner_docker::image::DEFAULT_BUSYBOX).exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "busybox-static is required in CI (apt-get install busybox-static)"
+            );
+            eprintln!("skipping: busybox-static is not installed");
+            return None;
+        }
         let image = ensure_test_busybox_image(&docker)
             .await
             .expect("busybox test image builds");
