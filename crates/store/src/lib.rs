@@ -59,6 +59,19 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // Switching a new file to WAL needs the database to itself: do it,
+        // and the migrations, on one connection before the pool opens more
+        // (otherwise a racing connection can get SQLITE_BUSY at once).
+        let single = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| unavailable(format!("cannot open database: {e}")))?;
+        MIGRATOR
+            .run(&single)
+            .await
+            .map_err(|e| unavailable(format!("migration failed: {e}")))?;
+        single.close().await;
         Self::connect(options, 8).await
     }
 
