@@ -300,12 +300,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             .await?;
         let mut all_done = jobs.len() >= args.jobs;
         for (id, repo, name) in &emulator_jobs {
-            let ej: Value = http
-                .get(format!("{emulator_url}/_emulator/jobs/{id}"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let ej: Value = emulator_job(&http, &emulator_url, *id).await?;
             let ours = jobs.iter().find(|j| j.github_job_id == Some(*id));
             let state = format!(
                 "{} / {}",
@@ -361,12 +356,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let mut rows = Vec::new();
     let mut all_ok = true;
     for (id, repo, name) in &emulator_jobs {
-        let ej: Value = http
-            .get(format!("{emulator_url}/_emulator/jobs/{id}"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let ej: Value = emulator_job(&http, &emulator_url, *id).await?;
         let ours: Option<&Job> = final_jobs.iter().find(|j| j.github_job_id == Some(*id));
         let conclusion = ej["conclusion"].as_str().unwrap_or("-").to_string();
         all_ok &= conclusion == "success"
@@ -410,12 +400,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if args.steps.is_empty()
         && let Some((id, _, _)) = emulator_jobs.first()
     {
-        let ej: Value = http
-            .get(format!("{emulator_url}/_emulator/jobs/{id}"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let ej: Value = emulator_job(&http, &emulator_url, *id).await?;
         println!("\nsteps of {} (run inside its container):", rows[0].job);
         for s in ej["steps"].as_array().into_iter().flatten() {
             println!(
@@ -447,6 +432,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         started.elapsed().as_secs_f64()
     );
     Ok(ok)
+}
+
+/// A job as the emulator's admin API shows it (status, runner, steps).
+async fn emulator_job(
+    http: &reqwest::Client,
+    emulator_url: &str,
+    id: u64,
+) -> anyhow::Result<Value> {
+    Ok(http
+        .get(format!("{emulator_url}/_emulator/jobs/{id}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
 }
 
 async fn our_networks(docker: &DockerBackend, instance: &str) -> anyhow::Result<Vec<String>> {
