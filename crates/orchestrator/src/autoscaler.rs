@@ -831,6 +831,17 @@ impl Autoscaler {
         if job.container_id.as_deref() == Some(container_id) {
             self.settle_exit(job.clone(), container_id, exit_code).await;
         }
+        // The exit code is the runner's in that container: it belongs to the
+        // job that ran there when that was another job.
+        if let Ok(Some(mut other)) = self.store.find_job_ran_in_container(container_id).await
+            && other.id != job.id
+            && other.exit_code.is_none()
+            && let Some(code) = exit_code.and_then(|c| i32::try_from(c).ok())
+        {
+            other.exit_code = Some(code);
+            let expected = other.status;
+            let _ = self.save(&mut other, expected).await;
+        }
         self.remove_network_when_unused(&job.repository).await;
         self.wake.notify_one();
     }
@@ -839,9 +850,12 @@ impl Autoscaler {
         for _ in 0..CAS_RETRIES {
             let expected = job.status;
             if expected != JobStatus::Provisioning {
-                job.exit_code = exit_code
-                    .and_then(|c| i32::try_from(c).ok())
-                    .or(job.exit_code);
+                // Its own container's code, unless another job ran there.
+                if job.ran_in_container_id.is_none() {
+                    job.exit_code = exit_code
+                        .and_then(|c| i32::try_from(c).ok())
+                        .or(job.exit_code);
+                }
                 job.updated_at = self.clock.now();
                 match self.save(&mut job, expected).await {
                     Ok(true) => {

@@ -315,17 +315,20 @@ async fn a_runner_started_for_one_job_may_take_another() {
     assert_eq!(job_a.ran_in_container_id.as_deref(), Some(own_b.as_str()));
     assert_eq!(job_a.attempts, 0, "no attempt was used by the swap");
 
-    // Both containers exit after their swapped jobs: no failure, no retry.
-    for (job, c) in [(ja, &container_a), (jb, &own_b)] {
-        r.backend.exit(c, 0);
-        r.scaler.on_container_exit(c, Some(job), Some(0)).await;
+    // Both containers exit after their swapped jobs: no failure, no retry,
+    // and each exit code lands on the job that ran in that container.
+    for (job, c, code) in [(ja, &container_a, 7), (jb, &own_b, 0)] {
+        r.backend.exit(c, code);
+        r.scaler.on_container_exit(c, Some(job), Some(code)).await;
     }
-    for id in [ja, jb] {
-        assert_eq!(
-            r.store.get_job(id).await.unwrap().unwrap().status,
-            JobStatus::Running
-        );
-    }
+    let job_a = r.store.get_job(ja).await.unwrap().unwrap();
+    let job_b = r.store.get_job(jb).await.unwrap().unwrap();
+    assert_eq!(
+        (job_a.status, job_b.status),
+        (JobStatus::Running, JobStatus::Running)
+    );
+    assert_eq!(job_b.exit_code, Some(7), "B ran in A's container");
+    assert_eq!(job_a.exit_code, Some(0), "A ran in B's container");
     assert_eq!(
         r.backend.live().len(),
         0,
