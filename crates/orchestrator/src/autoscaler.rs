@@ -132,6 +132,8 @@ pub struct Autoscaler {
     /// Orders network creation against network removal, so that a network
     /// is never removed between a job's `ensure_network` and its start.
     network_lock: tokio::sync::Mutex<()>,
+    /// When each quiet running job was last asked about on GitHub.
+    last_asked: Mutex<HashMap<Uuid, std::time::Instant>>,
 }
 
 fn store_err(e: StoreError) -> String {
@@ -155,6 +157,7 @@ impl Autoscaler {
             wake: Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
             network_lock: tokio::sync::Mutex::new(()),
+            last_asked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -334,12 +337,7 @@ impl Autoscaler {
         let Some(container) = &job.ran_in_container_id else {
             return;
         };
-        let Some(owner) = job
-            .runner_name
-            .as_deref()
-            .and_then(|n| n.strip_prefix("ephemeral-"))
-            .and_then(|s| Uuid::parse_str(s).ok())
-        else {
+        let Some(owner) = job.runner_name.as_deref().and_then(runner_owner) else {
             return;
         };
         let Ok(Some(mut owner_job)) = self.store.get_job(owner).await else {
@@ -405,9 +403,10 @@ impl Autoscaler {
         if let Some(name) = &info.runner_name {
             job.runner_name = Some(name.clone());
             job.runner_id = info.runner_id.or(job.runner_id);
-            if let Some(owner) = name
-                .strip_prefix("ephemeral-")
-                .and_then(|s| Uuid::parse_str(s).ok())
+            // Linked once: later events for the job (completed, redeliveries)
+            // must not move it to the owner's next container.
+            if job.ran_in_container_id.is_none()
+                && let Some(owner) = runner_owner(name)
                 && owner != job.id
                 && let Ok(Some(owner_job)) = self.store.get_job(owner).await
                 && owner_job.container_id.is_some()
@@ -606,7 +605,14 @@ impl Autoscaler {
         let mut runner_labels =
             LabelSet::parse_list(["ephemeral", "container"]).expect("static labels");
         runner_labels.extend(job.labels.iter().map(String::as_str));
-        let name = runner_name(job.id);
+        // The first runner of a job has the design's names; a later one (after
+        // a failure or a hand-off) gets its own, since the earlier runner may
+        // still be running another job under the old names.
+        let suffix = job
+            .last_error
+            .is_some()
+            .then(|| format!("-{}", &Uuid::now_v7().simple().to_string()[24..]));
+        let name = format!("{}{}", runner_name(job.id), suffix.as_deref().unwrap_or(""));
 
         let credential = match self.config.registration {
             Registration::Jit => {
@@ -664,7 +670,11 @@ impl Autoscaler {
             .map_err(Failure::backend)?;
         drop(network_guard);
         let spec = ContainerSpec {
-            name: container_name(job.id),
+            name: format!(
+                "{}{}",
+                container_name(job.id),
+                suffix.as_deref().unwrap_or("")
+            ),
             image: pool
                 .as_ref()
                 .and_then(|p| p.image.clone())
@@ -755,7 +765,9 @@ impl Autoscaler {
         }
     }
 
-    async fn provisioning_failed(&self, mut job: Job, failure: Failure) {
+    /// Records a failed or handed-over start; true when this writer's
+    /// requeue (or failure) was the one stored.
+    async fn provisioning_failed(&self, mut job: Job, failure: Failure) -> bool {
         let now = self.clock.now();
         let give_up = failure.fatal || (failure.counts && job.attempts >= self.config.max_attempts);
         if !failure.counts {
@@ -768,7 +780,7 @@ impl Autoscaler {
             JobStatus::Queued
         };
         if job.transition(target, now).is_err() {
-            return;
+            return false;
         }
         if !give_up && failure.handoff {
             let grace = chrono::Duration::from_std(self.config.handoff_grace).unwrap_or_default();
@@ -785,7 +797,7 @@ impl Autoscaler {
         tracing::warn!(job = %job.id, attempt = job.attempts, error = %failure.message, gave_up = give_up, "provisioning failed");
         match self.save(&mut job, JobStatus::Provisioning).await {
             // GitHub settled the job meanwhile (finished, cancelled): nothing to retry.
-            Ok(false) => {}
+            Ok(false) => false,
             Ok(true) => {
                 metrics::counter!(m::JOB_TRANSITIONS, "to" => target.as_str()).increment(1);
                 self.audit(
@@ -799,9 +811,11 @@ impl Autoscaler {
                     serde_json::json!({"error": failure.message, "attempt": job.attempts}),
                 )
                 .await;
+                true
             }
             Err(e) => {
-                tracing::error!(job = %job.id, error = %e, "cannot record provisioning failure")
+                tracing::error!(job = %job.id, error = %e, "cannot record provisioning failure");
+                false
             }
         }
     }
@@ -872,12 +886,24 @@ impl Autoscaler {
                 // The runner exited and we never heard that it took this job.
                 // GitHub knows: the job may have run (its events are late or
                 // lost, or we only poll), or another job took the runner.
-                if self.settle_from_github(&job).await {
-                    return;
+                match self.settle_from_github(&job).await {
+                    GitHubSays::Settled => return,
+                    GitHubSays::Unknown => {
+                        // Cannot tell whether it ran: wait, without using an attempt.
+                        job.container_id = None;
+                        self.provisioning_failed(
+                            job,
+                            Failure::wait(
+                                "runner exited; GitHub could not be asked about the job".into(),
+                            ),
+                        )
+                        .await;
+                        return;
+                    }
+                    GitHubSays::NotStarted => {}
                 }
                 job.container_id = None;
                 job.exit_code = exit_code.and_then(|c| i32::try_from(c).ok());
-                self.deregister(&job).await;
                 let other = self
                     .store
                     .find_job_ran_in_container(container_id)
@@ -902,7 +928,10 @@ impl Autoscaler {
                         Failure::retry("runner container disappeared before taking the job".into())
                     }
                 };
-                self.provisioning_failed(job, failure).await;
+                let runner_of_attempt = job.clone();
+                if self.provisioning_failed(job, failure).await {
+                    self.deregister(&runner_of_attempt).await;
+                }
                 return;
             }
             match self.store.get_job(job.id).await {
@@ -916,12 +945,12 @@ impl Autoscaler {
 
     /// Asks GitHub where the job is and records it when GitHub has moved it
     /// on (running or finished). True when the record was brought up to date.
-    async fn settle_from_github(&self, job: &Job) -> bool {
+    async fn settle_from_github(&self, job: &Job) -> GitHubSays {
         let (Some(github_job_id), Ok((owner, repo))) = (
             job.github_job_id,
             proxy_runner_domain::names::parse_repository(&job.repository),
         ) else {
-            return false;
+            return GitHubSays::NotStarted;
         };
         let info = match self
             .registry
@@ -929,20 +958,21 @@ impl Autoscaler {
             .await
         {
             Ok(info) => info,
+            Err(GitHubError::NotFound(_)) => return GitHubSays::NotStarted,
             Err(e) => {
                 tracing::debug!(job = %job.id, error = %e, "cannot ask GitHub about the job");
-                return false;
+                return GitHubSays::Unknown;
             }
         };
         let action = match info.status.as_str() {
             "completed" => JobAction::Completed,
             "in_progress" => JobAction::InProgress,
-            _ => return false,
+            _ => return GitHubSays::NotStarted,
         };
-        matches!(
-            self.ingest(action, &info, job.source).await,
-            Ok(Ingested::Updated(_))
-        )
+        match self.ingest(action, &info, job.source).await {
+            Ok(_) => GitHubSays::Settled,
+            Err(_) => GitHubSays::Unknown,
+        }
     }
 
     /// Removes the repository's network once no container uses it. The exit
@@ -983,9 +1013,6 @@ impl Autoscaler {
     /// provisioning cut off by a restart, runners idle past the timeout, and
     /// running jobs whose end GitHub reported to nobody.
     pub async fn reconcile(&self) {
-        let Ok(live) = self.backend.list(&self.config.instance).await else {
-            return;
-        };
         let Ok(provisioning) = self
             .store
             .list_jobs(&JobFilter {
@@ -1000,6 +1027,11 @@ impl Autoscaler {
         // Taken after the listing: a job `tick` moves to provisioning is in
         // `in_flight` before its status is written.
         let in_flight = self.in_flight.lock().expect("lock").clone();
+        // Listed last: every container whose id a job above records was
+        // started before that record was written, so it shows here.
+        let Ok(live) = self.backend.list(&self.config.instance).await else {
+            return;
+        };
         let live_ids: HashMap<&str, bool> =
             live.iter().map(|c| (c.id.as_str(), c.running)).collect();
         let now = self.clock.now();
@@ -1013,7 +1045,7 @@ impl Autoscaler {
                         job,
                         Failure::wait("provisioning was interrupted".into()),
                     )
-                    .await
+                    .await;
                 }
                 Some(c) if !live_ids.get(c.as_str()).copied().unwrap_or(false) => {
                     self.on_container_exit(&c, Some(job.id), None).await
@@ -1045,30 +1077,68 @@ impl Autoscaler {
                 && owner.status == JobStatus::Running
                 && owner.ran_in_container_id.is_none();
             let idle_for = (now - owner.updated_at).to_std().unwrap_or_default();
-            if !serving_other && !serving_own && idle_for > self.config.idle_timeout {
-                tracing::warn!(job = %owner.id, container = %c.id, "runner idle past the timeout; stopping it");
-                let _ = self.backend.stop(&c.id, Duration::from_secs(10)).await;
+            if serving_other || serving_own || idle_for <= self.config.idle_timeout {
+                continue;
             }
+            // No event said the runner took its job, but events can be lost
+            // (and polling only sees queued jobs): GitHub decides.
+            if owner.status == JobStatus::Provisioning
+                && owner.container_id.as_deref() == Some(c.id.as_str())
+                && self.settle_from_github(&owner).await != GitHubSays::NotStarted
+            {
+                continue;
+            }
+            tracing::warn!(job = %owner.id, container = %c.id, "runner idle past the timeout; stopping it");
+            let _ = self.backend.stop(&c.id, Duration::from_secs(10)).await;
         }
 
-        // Running jobs GitHub may have finished without a webhook reaching us.
-        let Ok(running) = self
-            .store
-            .list_jobs(&JobFilter {
-                status: Some(JobStatus::Running),
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-        else {
-            return;
-        };
-        for job in running {
-            let quiet_for = (now - job.updated_at).to_std().unwrap_or_default();
-            if job.github_job_id.is_some() && quiet_for > self.config.settle_after {
-                self.settle_from_github(&job).await;
+        // Running jobs GitHub may have finished without a webhook reaching
+        // us; each is asked at most once per `settle_after`.
+        let mut after = None;
+        loop {
+            let Ok(page) = self
+                .store
+                .list_jobs(&JobFilter {
+                    status: Some(JobStatus::Running),
+                    after,
+                    limit: 500,
+                    ..Default::default()
+                })
+                .await
+            else {
+                return;
+            };
+            after = page.last().map(|j| j.id);
+            let last_page = page.len() < 500;
+            for job in page {
+                let quiet_for = (now - job.updated_at).to_std().unwrap_or_default();
+                let asked_lately = self
+                    .last_asked
+                    .lock()
+                    .expect("lock")
+                    .get(&job.id)
+                    .is_some_and(|t| t.elapsed() < self.config.settle_after);
+                if job.github_job_id.is_some()
+                    && quiet_for > self.config.settle_after
+                    && !asked_lately
+                {
+                    self.last_asked
+                        .lock()
+                        .expect("lock")
+                        .insert(job.id, std::time::Instant::now());
+                    self.settle_from_github(&job).await;
+                }
+            }
+            if last_page {
+                break;
             }
         }
+        // Forget jobs that are no longer running.
+        let keep_for = self.config.settle_after * 2;
+        self.last_asked
+            .lock()
+            .expect("lock")
+            .retain(|_, t| t.elapsed() < keep_for);
     }
 
     // ------------------------------------------------------------ loops
@@ -1143,6 +1213,24 @@ impl Autoscaler {
     pub fn wake(&self) {
         self.wake.notify_one();
     }
+}
+
+/// The job a runner was started for, from its name: `ephemeral-{job id}`,
+/// with a suffix for later runners of the same job.
+fn runner_owner(runner_name: &str) -> Option<Uuid> {
+    let rest = runner_name.strip_prefix("ephemeral-")?;
+    Uuid::parse_str(rest.get(..36)?).ok()
+}
+
+/// What GitHub said when asked about a job whose runner went quiet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GitHubSays {
+    /// Running or finished there: our record is brought up to date.
+    Settled,
+    /// Still queued (or unknown to GitHub): no runner took it.
+    NotStarted,
+    /// GitHub could not be asked (rate limit, breaker open, network).
+    Unknown,
 }
 
 /// Why provisioning failed, and whether to retry.

@@ -1041,3 +1041,203 @@ async fn registration_token_mode_passes_a_token_and_cleans_up_by_runner_name() {
         JobStatus::Failed
     );
 }
+
+#[tokio::test]
+async fn a_new_runner_after_a_hand_off_never_touches_the_old_one_still_running_a_job() {
+    let r = rig(AutoscaleConfig {
+        caps: Caps {
+            global: 1,
+            per_repository: 1,
+        },
+        ..AutoscaleConfig::default()
+    })
+    .await;
+    let a = info(80, "o/r", &["self-hosted"]);
+    let b = info(81, "o/r", &["self-hosted"]);
+    let Ingested::Created(ja) = r
+        .scaler
+        .ingest(JobAction::Queued, &a, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let Ingested::Created(jb) = r
+        .scaler
+        .ingest(JobAction::Queued, &b, JobSource::Webhook)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let container_a = r
+        .store
+        .get_job(ja)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    // A's runner takes B (which never had a runner): A gets a new one at once,
+    // while A's first container still runs B.
+    let mut b_running = b.clone();
+    b_running.runner_name = Some(format!("ephemeral-{ja}"));
+    r.scaler
+        .ingest(JobAction::InProgress, &b_running, JobSource::Webhook)
+        .await
+        .unwrap();
+    // The cap (1) counts A's first container, busy with B: free it as B ends.
+    let mut b_done = b_running.clone();
+    b_done.conclusion = Some("success".into());
+    r.scaler
+        .ingest(JobAction::Completed, &b_done, JobSource::Webhook)
+        .await
+        .unwrap();
+    r.backend.exit(&container_a, 0);
+    r.scaler
+        .on_container_exit(&container_a, Some(ja), Some(0))
+        .await;
+    settle(&r).await;
+    let job_a = r.store.get_job(ja).await.unwrap().unwrap();
+    assert_eq!(job_a.status, JobStatus::Provisioning);
+    let second = job_a.container_id.clone().unwrap();
+    assert_ne!(second, container_a);
+    let starts: Vec<String> = r
+        .backend
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            DryRunCall::Start { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[0], format!("runner-{ja}"));
+    assert!(
+        starts[1].starts_with(&format!("runner-{ja}-")),
+        "a fresh name: {starts:?}"
+    );
+    let jit_names: Vec<String> = r
+        .registry
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            RegistryCall::Jit { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        jit_names[1].starts_with(&format!("ephemeral-{ja}-")),
+        "{jit_names:?}"
+    );
+    assert!(
+        !r.backend
+            .calls()
+            .iter()
+            .any(|c| matches!(c, DryRunCall::Stop(_))),
+        "nothing was stopped"
+    );
+    // A late event for B does not move B onto A's new container.
+    r.scaler
+        .ingest(JobAction::Completed, &b_done, JobSource::Webhook)
+        .await
+        .unwrap();
+    let job_b = r.store.get_job(jb).await.unwrap().unwrap();
+    assert_eq!(
+        job_b.ran_in_container_id.as_deref(),
+        Some(container_a.as_str())
+    );
+    assert_eq!(
+        r.store
+            .get_job(ja)
+            .await
+            .unwrap()
+            .unwrap()
+            .container_id
+            .as_deref(),
+        Some(second.as_str())
+    );
+    // A runner with a suffixed name still names its job.
+    let mut a_running = a.clone();
+    a_running.runner_name = Some(jit_names[1].clone());
+    r.scaler
+        .ingest(JobAction::InProgress, &a_running, JobSource::Webhook)
+        .await
+        .unwrap();
+    let job_a = r.store.get_job(ja).await.unwrap().unwrap();
+    assert_eq!(job_a.status, JobStatus::Running);
+    assert_eq!(
+        job_a.ran_in_container_id, None,
+        "A ran in its own (second) container"
+    );
+}
+
+#[tokio::test]
+async fn the_idle_reaper_asks_github_before_stopping_a_runner_we_heard_nothing_from() {
+    let r = rig(AutoscaleConfig {
+        idle_timeout: Duration::ZERO,
+        ..AutoscaleConfig::default()
+    })
+    .await;
+    let ev = info(90, "o/r", &["self-hosted"]);
+    let Ingested::Created(id) = r
+        .scaler
+        .ingest(JobAction::Queued, &ev, JobSource::Poll)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let container = r
+        .store
+        .get_job(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    // Polling never says in_progress; GitHub does when asked.
+    let mut running = ev.clone();
+    running.status = "in_progress".into();
+    running.runner_name = Some(format!("ephemeral-{id}"));
+    r.registry.github_jobs.lock().unwrap().insert(90, running);
+    r.scaler.reconcile().await;
+    assert!(
+        !r.backend
+            .calls()
+            .contains(&DryRunCall::Stop(container.clone())),
+        "a busy runner was stopped"
+    );
+    assert_eq!(
+        r.store.get_job(id).await.unwrap().unwrap().status,
+        JobStatus::Running
+    );
+    // A runner GitHub gave nothing to is stopped.
+    let ev2 = info(91, "o/r", &["self-hosted"]);
+    let Ingested::Created(id2) = r
+        .scaler
+        .ingest(JobAction::Queued, &ev2, JobSource::Poll)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&r).await;
+    let idle = r
+        .store
+        .get_job(id2)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    r.registry
+        .github_jobs
+        .lock()
+        .unwrap()
+        .insert(91, ev2.clone());
+    r.scaler.reconcile().await;
+    assert!(r.backend.calls().contains(&DryRunCall::Stop(idle)));
+}
