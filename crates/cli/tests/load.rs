@@ -79,11 +79,11 @@ async fn concurrent_delegations_are_all_recorded_once_and_completed() {
     let gate = Arc::new(Semaphore::new(CONCURRENCY));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for r in 0..RUNNERS {
+    for (r, token) in tokens.iter().enumerate() {
         for j in 0..JOBS_PER_RUNNER {
             for _copy in 0..2 {
                 let (http, url, token, gate) =
-                    (http.clone(), url.clone(), tokens[r].clone(), gate.clone());
+                    (http.clone(), url.clone(), token.clone(), gate.clone());
                 tasks.push(tokio::spawn(async move {
                     let _permit = gate.acquire().await.unwrap();
                     let body = serde_json::json!({
@@ -131,10 +131,9 @@ async fn concurrent_delegations_are_all_recorded_once_and_completed() {
     // Every runner completes its jobs by key, all at once.
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for r in 0..RUNNERS {
+    for token in &tokens {
         for j in 0..JOBS_PER_RUNNER {
-            let (http, url, token, gate) =
-                (http.clone(), url.clone(), tokens[r].clone(), gate.clone());
+            let (http, url, token, gate) = (http.clone(), url.clone(), token.clone(), gate.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = gate.acquire().await.unwrap();
                 let resp = http
