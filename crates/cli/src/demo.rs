@@ -469,12 +469,12 @@ async fn our_networks(docker: &DockerBackend, instance: &str) -> anyhow::Result<
 fn print_table(rows: &[Row]) {
     let secs = |v: Option<f64>| v.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into());
     println!(
-        "\n{:<8}  {:<20}  {:<46}  {:<12}  {:>14}  {:>9}  RESULT",
+        "\n{:<8}  {:<20}  {:<55}  {:<12}  {:>14}  {:>9}  RESULT",
         "JOB", "REPOSITORY", "RUNNER", "CONTAINER", "QUEUE→START", "DURATION"
     );
     for r in rows {
         println!(
-            "{:<8}  {:<20}  {:<46}  {:<12}  {:>14}  {:>9}  {}",
+            "{:<8}  {:<20}  {:<55}  {:<12}  {:>14}  {:>9}  {}",
             r.job,
             r.repository,
             r.runner,
