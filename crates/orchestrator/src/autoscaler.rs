@@ -461,16 +461,15 @@ impl Autoscaler {
     /// Live containers per repository (lower-case), counting in-flight starts.
     async fn live_counts(&self) -> Result<BTreeMap<String, usize>, BackendError> {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        let containers = self.backend.list(&self.config.instance).await?;
+        // In-flight first: a start that finishes after this snapshot has its
+        // container in the listing below. Only `tick` adds to the set.
         let in_flight = self.in_flight.lock().expect("lock").clone();
+        let containers = self.backend.list(&self.config.instance).await?;
+        // Every running container counts, also one still running another
+        // job for a job that is being provisioned again (a hand-off); a
+        // container whose start races this count is counted twice for a
+        // moment, which errs on the side of the caps.
         for c in containers.iter().filter(|c| c.running) {
-            let job = c
-                .labels
-                .get(label_keys::JOB_ID)
-                .and_then(|s| Uuid::parse_str(s).ok());
-            if job.is_some_and(|j| in_flight.contains_key(&j)) {
-                continue;
-            }
             if let Some(repo) = c.labels.get(label_keys::REPOSITORY) {
                 *counts.entry(repo.to_ascii_lowercase()).or_default() += 1;
             }
