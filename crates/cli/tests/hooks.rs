@@ -1,53 +1,31 @@
 //! proxy-runner's own job hooks (`hooks/*.sh`), run with `bash -e` as the
 //! runner runs them, against the real orchestrator binary.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 const ADMIN: &str = "hooks-admin-token";
 
 struct Server {
-    child: Child,
+    // Kept for its drop: the process dies with the test.
+    _process: common::Server,
     url: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            "dry-run",
-            "--db",
-        ])
-        .arg(dir.path().join("jobs.db"))
-        .env("PROXY_RUNNER_ADMIN_TOKEN", ADMIN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let process = common::serve(
+        &dir.path().join("jobs.db"),
+        None,
+        &["--backend", "dry-run"],
+        &[("PROXY_RUNNER_ADMIN_TOKEN", ADMIN)],
+    );
+    let url = process.url.clone();
     Server {
-        child,
+        _process: process,
         url,
         _dir: dir,
     }

@@ -2,9 +2,9 @@
 //! real binary over loopback. Bounded (a fixed number of requests), stops by
 //! itself; prints throughput, asserts only correctness.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,44 +16,19 @@ const RUNNERS: usize = 20;
 const JOBS_PER_RUNNER: usize = 15;
 const CONCURRENCY: usize = 32;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_delegations_are_all_recorded_once_and_completed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            "dry-run",
-            "--db",
-        ])
-        .arg(dir.path().join("jobs.db"))
-        .env("PROXY_RUNNER_ADMIN_TOKEN", ADMIN)
-        .env("PROXY_RUNNER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let server = common::serve(
+        &dir.path().join("jobs.db"),
+        None,
+        &["--backend", "dry-run"],
+        &[
+            ("PROXY_RUNNER_ADMIN_TOKEN", ADMIN),
+            ("PROXY_RUNNER_LOG", "warn"),
+        ],
+    );
+    let url = server.url.clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENCY)
         .build()

@@ -1,63 +1,28 @@
 //! The real binary as a process: durability across SIGKILL, and planted
 //! secrets that must appear nowhere (database files, logs, responses).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::Server;
 use serde_json::Value;
 
 const ADMIN: &str = "admin-SECRET-planted-0001";
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start(db: &Path, log: &Path) -> Server {
     start_with(db, log, &["--backend", "dry-run"], &[])
 }
 
 fn start_with(db: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxy-runner"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(db)
-        .args(args)
-        .env("PROXY_RUNNER_ADMIN_TOKEN", ADMIN)
-        .env("PROXY_RUNNER_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected first line {line:?}: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        })
-        .to_string();
-    Server { child, url }
+    let mut all_env = vec![
+        ("PROXY_RUNNER_ADMIN_TOKEN", ADMIN),
+        ("PROXY_RUNNER_LOG", "trace"),
+    ];
+    all_env.extend_from_slice(env);
+    common::serve(db, Some(log), args, &all_env)
 }
 
 async fn call(method: &str, url: &str, token: &str, body: Option<String>) -> (u16, Value, String) {

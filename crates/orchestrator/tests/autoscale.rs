@@ -57,6 +57,19 @@ fn info(id: u64, repo: &str, labels: &[&str]) -> WorkflowJobInfo {
     }
 }
 
+/// Feeds a `queued` event for a job we serve and returns the new job's id.
+async fn queue(r: &Rig, ev: &WorkflowJobInfo, source: JobSource) -> uuid::Uuid {
+    match r
+        .scaler
+        .ingest(JobAction::Queued, ev, source)
+        .await
+        .unwrap()
+    {
+        Ingested::Created(id) => id,
+        other => panic!("job not created: {other:?}"),
+    }
+}
+
 /// Runs scheduling rounds until the in-flight provisioning settles.
 async fn settle(r: &Rig) {
     for _ in 0..50 {
@@ -80,14 +93,7 @@ async fn jobs(r: &Rig, status: JobStatus) -> Vec<proxy_runner_domain::Job> {
 async fn a_queued_job_gets_its_own_hardened_runner_container_and_is_followed_to_the_end() {
     let r = rig(AutoscaleConfig::default()).await;
     let queued = info(1, "Octo/Repo", &["self-hosted", "linux"]);
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(JobAction::Queued, &queued, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!("job not created")
-    };
+    let id = queue(&r, &queued, JobSource::Webhook).await;
     // The same event again changes nothing.
     assert_eq!(
         r.scaler
@@ -240,22 +246,8 @@ async fn a_runner_started_for_one_job_may_take_another() {
     let r = rig(AutoscaleConfig::default()).await;
     let a = info(10, "o/r", &["self-hosted"]);
     let b = info(11, "o/r", &["self-hosted"]);
-    let Ingested::Created(ja) = r
-        .scaler
-        .ingest(JobAction::Queued, &a, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let Ingested::Created(jb) = r
-        .scaler
-        .ingest(JobAction::Queued, &b, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let ja = queue(&r, &a, JobSource::Webhook).await;
+    let jb = queue(&r, &b, JobSource::Webhook).await;
     settle(&r).await;
     let container_a = r
         .store
@@ -346,22 +338,8 @@ async fn a_job_whose_runner_was_taken_by_another_job_waits_for_a_free_runner_the
     let r = rig(config).await;
     let a = info(20, "o/r", &["self-hosted"]);
     let b = info(21, "o/r", &["self-hosted"]);
-    let Ingested::Created(ja) = r
-        .scaler
-        .ingest(JobAction::Queued, &a, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    let Ingested::Created(jb) = r
-        .scaler
-        .ingest(JobAction::Queued, &b, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let ja = queue(&r, &a, JobSource::Webhook).await;
+    let jb = queue(&r, &b, JobSource::Webhook).await;
     settle(&r).await;
     let container_a = r
         .store
@@ -415,24 +393,10 @@ async fn a_job_whose_runner_went_to_a_job_without_a_runner_gets_a_new_one_at_onc
     let r = rig(config).await;
     let a = info(40, "o/r", &["self-hosted"]);
     let b = info(41, "o/r", &["self-hosted"]);
-    let Ingested::Created(ja) = r
-        .scaler
-        .ingest(JobAction::Queued, &a, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let ja = queue(&r, &a, JobSource::Webhook).await;
     settle(&r).await;
     // B is queued but the cap keeps it from getting a runner; A's runner takes B.
-    let Ingested::Created(jb) = r
-        .scaler
-        .ingest(JobAction::Queued, &b, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let jb = queue(&r, &b, JobSource::Webhook).await;
     let container_a = r
         .store
         .get_job(ja)
@@ -476,14 +440,7 @@ async fn cancelling_a_job_does_not_stop_a_runner_that_serves_another_job() {
     let r = rig(AutoscaleConfig::default()).await;
     let a = info(30, "o/r", &["self-hosted"]);
     let b = info(31, "o/r", &["self-hosted"]);
-    let Ingested::Created(ja) = r
-        .scaler
-        .ingest(JobAction::Queued, &a, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let ja = queue(&r, &a, JobSource::Webhook).await;
     r.scaler
         .ingest(JobAction::Queued, &b, JobSource::Webhook)
         .await
@@ -649,18 +606,7 @@ async fn a_runner_that_dies_before_taking_its_job_is_retried_then_given_up() {
         ..AutoscaleConfig::default()
     };
     let r = rig(config).await;
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(
-            JobAction::Queued,
-            &info(5, "o/r", &["self-hosted"]),
-            JobSource::Webhook,
-        )
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = queue(&r, &info(5, "o/r", &["self-hosted"]), JobSource::Webhook).await;
     for attempt in 1..=2 {
         settle(&r).await;
         let job = r.store.get_job(id).await.unwrap().unwrap();
@@ -696,18 +642,7 @@ async fn github_failures_requeue_or_fail_by_kind() {
         status: 502,
         message: "bad gateway".into(),
     });
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(
-            JobAction::Queued,
-            &info(6, "o/r", &["self-hosted"]),
-            JobSource::Webhook,
-        )
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = queue(&r, &info(6, "o/r", &["self-hosted"]), JobSource::Webhook).await;
     settle(&r).await;
     let job = r.store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Provisioning, "retried after a 502");
@@ -715,18 +650,7 @@ async fn github_failures_requeue_or_fail_by_kind() {
 
     r.registry
         .fail_next_jit(GitHubError::NotFound("repository".into()));
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(
-            JobAction::Queued,
-            &info(7, "o/gone", &["self-hosted"]),
-            JobSource::Webhook,
-        )
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = queue(&r, &info(7, "o/gone", &["self-hosted"]), JobSource::Webhook).await;
     settle(&r).await;
     let job = r.store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Failed);
@@ -737,18 +661,7 @@ async fn github_failures_requeue_or_fail_by_kind() {
 async fn a_missing_image_fails_the_job_with_a_clear_error() {
     let r = rig(AutoscaleConfig::default()).await;
     r.backend.forget_image("github-runner:latest");
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(
-            JobAction::Queued,
-            &info(8, "o/r", &["self-hosted"]),
-            JobSource::Webhook,
-        )
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = queue(&r, &info(8, "o/r", &["self-hosted"]), JobSource::Webhook).await;
     settle(&r).await;
     let job = r.store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Failed);
@@ -768,18 +681,7 @@ async fn a_missing_image_fails_the_job_with_a_clear_error() {
 async fn an_unreachable_engine_makes_jobs_wait_not_fail() {
     let r = rig(AutoscaleConfig::default()).await;
     r.backend.set_unreachable(true);
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(
-            JobAction::Queued,
-            &info(9, "o/r", &["self-hosted"]),
-            JobSource::Webhook,
-        )
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = queue(&r, &info(9, "o/r", &["self-hosted"]), JobSource::Webhook).await;
     assert!(r.scaler.tick().await.unwrap_err().contains("not ready"));
     settle(&r).await;
     let job = r.store.get_job(id).await.unwrap().unwrap();
@@ -801,14 +703,7 @@ async fn an_unreachable_engine_makes_jobs_wait_not_fail() {
 async fn cancelling_a_job_stops_its_idle_runner() {
     let r = rig(AutoscaleConfig::default()).await;
     let ev = info(12, "o/r", &["self-hosted"]);
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(JobAction::Queued, &ev, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = queue(&r, &ev, JobSource::Webhook).await;
     settle(&r).await;
     let container = r
         .store
@@ -837,14 +732,7 @@ async fn a_runner_that_exits_before_we_heard_of_its_job_is_settled_from_github_n
     // the container's exit: GitHub is asked before anything is retried.
     let r = rig(AutoscaleConfig::default()).await;
     let ev = info(50, "o/r", &["self-hosted"]);
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(JobAction::Queued, &ev, JobSource::Poll)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = queue(&r, &ev, JobSource::Poll).await;
     settle(&r).await;
     let container = r
         .store
@@ -877,14 +765,7 @@ async fn reconcile_settles_running_jobs_whose_completion_never_arrived() {
     })
     .await;
     let ev = info(51, "o/r", &["self-hosted"]);
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(JobAction::Queued, &ev, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = queue(&r, &ev, JobSource::Webhook).await;
     settle(&r).await;
     let mut running = ev.clone();
     running.runner_name = Some(format!("ephemeral-{id}"));
@@ -922,23 +803,9 @@ async fn the_idle_timeout_spares_a_runner_that_runs_another_job_and_the_owner_ge
     .await;
     let a = info(60, "o/r", &["self-hosted"]);
     let b = info(61, "o/r", &["self-hosted"]);
-    let Ingested::Created(ja) = r
-        .scaler
-        .ingest(JobAction::Queued, &a, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let ja = queue(&r, &a, JobSource::Webhook).await;
     settle(&r).await;
-    let Ingested::Created(jb) = r
-        .scaler
-        .ingest(JobAction::Queued, &b, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let jb = queue(&r, &b, JobSource::Webhook).await;
     let container_a = r
         .store
         .get_job(ja)
@@ -979,18 +846,7 @@ async fn registration_token_mode_passes_a_token_and_cleans_up_by_runner_name() {
         ..AutoscaleConfig::default()
     })
     .await;
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(
-            JobAction::Queued,
-            &info(70, "o/r", &["self-hosted"]),
-            JobSource::Webhook,
-        )
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = queue(&r, &info(70, "o/r", &["self-hosted"]), JobSource::Webhook).await;
     settle(&r).await;
     let calls = r.backend.calls();
     let env = calls
@@ -1054,23 +910,9 @@ async fn a_new_runner_after_a_hand_off_never_touches_the_old_one_still_running_a
     .await;
     let a = info(80, "o/r", &["self-hosted"]);
     let b = info(81, "o/r", &["self-hosted"]);
-    let Ingested::Created(ja) = r
-        .scaler
-        .ingest(JobAction::Queued, &a, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let ja = queue(&r, &a, JobSource::Webhook).await;
     settle(&r).await;
-    let Ingested::Created(jb) = r
-        .scaler
-        .ingest(JobAction::Queued, &b, JobSource::Webhook)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let jb = queue(&r, &b, JobSource::Webhook).await;
     let container_a = r
         .store
         .get_job(ja)
@@ -1181,14 +1023,7 @@ async fn the_idle_reaper_asks_github_before_stopping_a_runner_we_heard_nothing_f
     })
     .await;
     let ev = info(90, "o/r", &["self-hosted"]);
-    let Ingested::Created(id) = r
-        .scaler
-        .ingest(JobAction::Queued, &ev, JobSource::Poll)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = queue(&r, &ev, JobSource::Poll).await;
     settle(&r).await;
     let container = r
         .store
@@ -1216,14 +1051,7 @@ async fn the_idle_reaper_asks_github_before_stopping_a_runner_we_heard_nothing_f
     );
     // A runner GitHub gave nothing to is stopped.
     let ev2 = info(91, "o/r", &["self-hosted"]);
-    let Ingested::Created(id2) = r
-        .scaler
-        .ingest(JobAction::Queued, &ev2, JobSource::Poll)
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id2 = queue(&r, &ev2, JobSource::Poll).await;
     settle(&r).await;
     let idle = r
         .store
