@@ -25,11 +25,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::audit::{self, CAS_RETRIES};
 use crate::config::Registration;
 use crate::metrics as m;
-
-/// How often a compare-and-set write is retried after another writer won.
-const CAS_RETRIES: usize = 5;
 
 /// The environment variable the runner image reads its JIT config from.
 pub const JITCONFIG_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
@@ -444,16 +442,15 @@ impl Autoscaler {
         job_id: Option<Uuid>,
         detail: serde_json::Value,
     ) {
-        let event = proxy_runner_domain::ports::AuditEvent {
-            at: self.clock.now(),
-            actor: actor.into(),
-            action: action.into(),
+        audit::record(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            actor,
+            action,
             job_id,
             detail,
-        };
-        if let Err(e) = self.store.append_audit(&event).await {
-            tracing::error!(error = %e, action, "audit write failed");
-        }
+        )
+        .await;
     }
 
     // ------------------------------------------------------------ provisioning

@@ -2,6 +2,7 @@
 //! configuration and metrics.
 
 pub mod api;
+mod audit;
 pub mod auth;
 pub mod autoscaler;
 pub mod config;

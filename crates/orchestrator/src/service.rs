@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use proxy_runner_domain::ports::{
-    AuditEvent, Clock, ContainerBackend, JobFilter, JobStore, TokenRecord,
-};
+use proxy_runner_domain::ports::{Clock, ContainerBackend, JobFilter, JobStore, TokenRecord};
 use proxy_runner_domain::{Job, JobStatus, conclusion_to_status};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+use crate::audit::{self, CAS_RETRIES};
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
@@ -27,9 +26,6 @@ pub struct IssuedToken {
     pub record: TokenRecord,
     pub token: SecretString,
 }
-
-/// How often a compare-and-set update is retried when another writer won.
-const CAS_RETRIES: usize = 5;
 
 impl Orchestrator {
     pub fn new(
@@ -74,17 +70,15 @@ impl Orchestrator {
         job_id: Option<Uuid>,
         detail: serde_json::Value,
     ) {
-        let event = AuditEvent {
-            at: self.clock.now(),
-            actor: actor.to_string(),
-            action: action.to_string(),
+        audit::record(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            actor,
+            action,
             job_id,
             detail,
-        };
-        // The audit trail must not block the job: a failed write is logged loudly.
-        if let Err(e) = self.store.append_audit(&event).await {
-            tracing::error!(error = %e, action, "audit write failed");
-        }
+        )
+        .await;
     }
 
     /// `POST /api/jobs/delegate`: records the job a proxy runner's hook
