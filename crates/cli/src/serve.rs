@@ -1,21 +1,21 @@
-//! `proxy-runner serve`: wires store, container engine, GitHub, autoscaler
-//! and API, and runs until SIGTERM/SIGINT. `start` is also used by the demo.
+//! `proxy-runner serve`: builds the adapters the configuration names (store,
+//! container engine, GitHub, poller), hands them to the orchestrator's
+//! composition root and serves until SIGTERM/SIGINT. `start` is also used by
+//! the demo and the benchmark.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use proxy_runner_docker::{DockerBackend, DockerOptions};
-use proxy_runner_domain::JobSource;
-use proxy_runner_domain::labels::LabelSet;
-use proxy_runner_domain::ports::{ContainerBackend, JobStore, RunnerRegistry, SystemClock};
-use proxy_runner_domain::schedule::Caps;
+use proxy_runner_domain::ports::{
+    ContainerBackend, JobStore, QueuedJobFeed, RunnerRegistry, WorkflowJobInfo,
+};
 use proxy_runner_github::{Auth, GitHubClient, GitHubConfig, Poller, load_private_key};
-use proxy_runner_orchestrator::autoscaler::{AutoscaleConfig, Autoscaler, JobAction, Pool};
 use proxy_runner_orchestrator::config::{BackendKind, Config};
 use proxy_runner_orchestrator::dry_run::DryRunBackend;
-use proxy_runner_orchestrator::webhook::{self, WebhookState};
-use proxy_runner_orchestrator::{AppState, Orchestrator, app, metrics};
+use proxy_runner_orchestrator::sources::Sources;
+use proxy_runner_orchestrator::{Ports, System};
 use proxy_runner_store::SqliteStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -75,39 +75,21 @@ fn github_client(config: &Config) -> anyhow::Result<Option<GitHubClient>> {
     Ok(Some(client))
 }
 
-fn autoscale_config(config: &Config) -> anyhow::Result<AutoscaleConfig> {
-    let r = &config.runners;
-    let mut pools = Vec::new();
-    for set in &r.label_sets {
-        pools.push(Pool {
-            labels: LabelSet::parse_list(set.labels.iter().map(String::as_str))
-                .context("runners.label_sets")?,
-            image: set.image.clone(),
-            hardening: set.hardening.clone(),
-        });
+/// The poller as the orchestrator's feed of queued jobs.
+struct PollFeed(Poller);
+
+#[async_trait::async_trait]
+impl QueuedJobFeed for PollFeed {
+    async fn poll_once(&self) -> Vec<WorkflowJobInfo> {
+        self.0.poll_once().await.jobs
     }
-    Ok(AutoscaleConfig {
-        instance: config.instance.clone(),
-        image: r.image.clone(),
-        network_prefix: r.network_prefix.clone(),
-        caps: Caps {
-            global: r.max_concurrent,
-            per_repository: r.max_per_repository,
-        },
-        max_attempts: r.max_attempts,
-        registration: config.github.registration,
-        runner_group_id: config.github.runner_group_id,
-        web_url: config.github.web_url.clone(),
-        organization: config.github.organization.clone(),
-        pools,
-        hardening: r.hardening.clone(),
-        idle_timeout: Duration::from_secs(r.idle_timeout_secs),
-        ..AutoscaleConfig::default()
-    })
+    fn next_delay(&self) -> Duration {
+        self.0.next_delay()
+    }
 }
 
-/// Starts the orchestrator and returns once it listens.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+/// Builds the adapters the configuration names.
+async fn ports(config: &Config) -> anyhow::Result<Ports> {
     let store: Arc<dyn JobStore> = if config.database.as_os_str() == ":memory:" {
         Arc::new(SqliteStore::in_memory().await?)
     } else {
@@ -124,72 +106,44 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .context("cannot set up the Docker backend")?,
         ),
     };
-    metrics::describe();
-    let stop = CancellationToken::new();
-    let mut loops = Vec::new();
-
-    let github = github_client(&config)?;
-    let autoscaler = match &github {
-        Some(client) => {
-            let registry: Arc<dyn RunnerRegistry> = Arc::new(client.clone());
-            let scaler = Arc::new(Autoscaler::new(
-                store.clone(),
-                backend.clone(),
-                registry,
-                Arc::new(SystemClock),
-                autoscale_config(&config)?,
-            ));
-            loops.extend(scaler.spawn(stop.clone()));
-            Some(scaler)
-        }
-        None => {
-            tracing::warn!(
-                "no GitHub credentials configured: webhooks and autoscaling are off, the delegation API works"
-            );
-            None
-        }
-    };
-    if let (Some(client), Some(scaler)) = (&github, &autoscaler)
-        && !config.github.poll.repositories.is_empty()
-    {
+    let github = github_client(config)?;
+    let feed = match &github {
         // Runs leave `queued` when their first job starts: later jobs of a
         // run (needs:, matrix) are only found in in-progress runs.
-        let poller = Poller::new(
-            client.clone(),
-            config.github.poll.repositories.clone(),
-            Duration::from_secs(config.github.poll.interval_secs),
-        )
-        .scan_in_progress_runs(true);
-        loops.push(spawn_poller(poller, scaler.clone(), stop.clone()));
-    }
-
-    let orchestrator = Arc::new(Orchestrator::new(
-        store.clone(),
-        backend,
-        Arc::new(SystemClock),
-        config.admin_token.get().cloned(),
-    ));
-    if !config.admin_token.is_set() {
-        tracing::warn!(
-            "no admin token configured (PROXY_RUNNER_ADMIN_TOKEN): admin calls will be refused"
-        );
-    }
-    let state = AppState {
-        orchestrator,
-        metrics: metrics::prometheus(),
-        started: Instant::now(),
+        Some(client) if !config.github.poll.repositories.is_empty() => {
+            let poller = Poller::new(
+                client.clone(),
+                config.github.poll.repositories.clone(),
+                Duration::from_secs(config.github.poll.interval_secs),
+            )
+            .scan_in_progress_runs(true);
+            Some(Arc::new(PollFeed(poller)) as Arc<dyn QueuedJobFeed>)
+        }
+        _ => None,
     };
-    let router = app(state).merge(webhook::routes(WebhookState {
-        secret: config.github.webhook_secret.get().cloned(),
-        autoscaler,
-        store: store.clone(),
-    }));
+    Ok(Ports {
+        store,
+        backend,
+        registry: github.map(|c| Arc::new(c) as Arc<dyn RunnerRegistry>),
+        feed,
+        sources: Sources::system(),
+    })
+}
+
+/// Starts the orchestrator and returns once it listens.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let ports = ports(&config).await?;
+    let store = ports.store.clone();
+    let system = System::build(&config, ports).context("runners.label_sets")?;
+    let stop = CancellationToken::new();
+    let loops = system.spawn(stop.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, db = %config.database.display(), backend = ?config.backend, "orchestrator listening");
     let server_stop = stop.clone();
+    let router = system.router;
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { server_stop.cancelled().await })
@@ -202,27 +156,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop,
         server,
         loops,
-    })
-}
-
-fn spawn_poller(
-    poller: Poller,
-    scaler: Arc<Autoscaler>,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let outcome = poller.poll_once().await;
-            for job in &outcome.jobs {
-                if let Err(e) = scaler.ingest(JobAction::Queued, job, JobSource::Poll).await {
-                    tracing::warn!(error = %e, github_job = job.id, "cannot record polled job");
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(poller.next_delay()) => {},
-            }
-        }
     })
 }
 

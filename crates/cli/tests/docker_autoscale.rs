@@ -9,13 +9,37 @@ use async_trait::async_trait;
 use proxy_runner_docker::{DockerBackend, DockerOptions, RunnerImageOptions, ensure_runner_image};
 use proxy_runner_domain::ports::{
     ContainerBackend, GitHubError, JitConfig, JitRequest, JobStore, RegistrationToken, RunnerInfo,
-    RunnerRegistry, Scope, SystemClock, WorkflowJobInfo,
+    RunnerRegistry, Scope, WorkflowJobInfo,
 };
 use proxy_runner_domain::{JobSource, JobStatus};
 use proxy_runner_orchestrator::autoscaler::{AutoscaleConfig, Autoscaler, Ingested, JobAction};
+use proxy_runner_orchestrator::config::Config;
+use proxy_runner_orchestrator::sources::Sources;
+use proxy_runner_orchestrator::{Ports, System};
 use proxy_runner_store::SqliteStore;
 use secrecy::SecretString;
 use sha2::Digest;
+
+/// The autoscaler of an orchestrator built through the composition root.
+fn autoscaler(
+    store: Arc<SqliteStore>,
+    backend: Arc<DockerBackend>,
+    registry: Arc<UselessJit>,
+    config: AutoscaleConfig,
+) -> Arc<Autoscaler> {
+    let system = System::build_with(
+        &Config::default(),
+        config,
+        Ports {
+            store,
+            backend,
+            registry: Some(registry),
+            feed: None,
+            sources: Sources::system(),
+        },
+    );
+    system.autoscaler.expect("GitHub is configured")
+}
 
 /// Mints JIT configs the runner cannot use, so each runner container exits
 /// with the listener's "terminated" code (1) before taking a job.
@@ -142,13 +166,12 @@ async fn exit_codes_and_engine_errors_become_job_states() {
         tick: Duration::from_millis(50),
         ..AutoscaleConfig::default()
     };
-    let scaler = Arc::new(Autoscaler::new(
+    let scaler = autoscaler(
         store.clone(),
         Arc::new(docker.clone()),
         registry.clone(),
-        Arc::new(SystemClock),
         config,
-    ));
+    );
     let stop = tokio_util::sync::CancellationToken::new();
     let loops = scaler.spawn(stop.clone());
 
@@ -205,17 +228,16 @@ async fn exit_codes_and_engine_errors_become_job_states() {
     }
 
     // An image the engine does not have: the job fails at once with a clear error.
-    let scaler = Arc::new(Autoscaler::new(
+    let scaler = autoscaler(
         store.clone(),
         Arc::new(docker.clone()),
         registry.clone(),
-        Arc::new(SystemClock),
         AutoscaleConfig {
             instance: instance.clone(),
             image: "proxy-runner-no-such-image:0".into(),
             ..AutoscaleConfig::default()
         },
-    ));
+    );
     let Ingested::Created(id) = scaler
         .ingest(
             JobAction::Queued,
@@ -268,13 +290,12 @@ async fn an_unreachable_engine_makes_jobs_wait_and_readiness_fail() {
     assert!(docker.ping().await.is_err());
     let store = Arc::new(SqliteStore::in_memory().await.unwrap());
     let registry = Arc::new(UselessJit::default());
-    let scaler = Arc::new(Autoscaler::new(
+    let scaler = autoscaler(
         store.clone(),
         Arc::new(docker),
         registry.clone(),
-        Arc::new(SystemClock),
         AutoscaleConfig::default(),
-    ));
+    );
     let Ingested::Created(id) = scaler
         .ingest(JobAction::Queued, &job(3, "octo/app"), JobSource::Webhook)
         .await
@@ -284,7 +305,7 @@ async fn an_unreachable_engine_makes_jobs_wait_and_readiness_fail() {
     };
     for _ in 0..5 {
         let err = scaler.tick().await.unwrap_err();
-        assert!(err.contains("unreachable"), "{err}");
+        assert!(err.to_string().contains("unreachable"), "{err}");
     }
     let j = store.get_job(id).await.unwrap().unwrap();
     assert_eq!(j.status, JobStatus::Queued);

@@ -213,11 +213,11 @@ async fn planted_secrets_appear_nowhere() {
     }
 }
 
-/// Runs one of the seed's hook scripts with bash as the runner would
+/// Runs one of the design's hook scripts with bash as the runner would
 /// (`bash -e`), in an environment like the runner's at hook time.
-fn run_seed_hook(script: &str, url: &str, token: &str) -> std::process::Output {
+fn run_design_hook(script: &str, url: &str, token: &str) -> std::process::Output {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/seed-hooks")
+        .join("tests/design-hooks")
         .join(script);
     Command::new("bash")
         .arg("-e")
@@ -241,7 +241,7 @@ fn run_seed_hook(script: &str, url: &str, token: &str) -> std::process::Output {
 }
 
 #[tokio::test]
-async fn the_seed_hook_scripts_run_verbatim_against_the_api() {
+async fn the_design_hook_scripts_run_verbatim_against_the_api() {
     for tool in ["bash", "curl", "jq"] {
         let found = Command::new("sh")
             .arg("-c")
@@ -250,7 +250,7 @@ async fn the_seed_hook_scripts_run_verbatim_against_the_api() {
             .unwrap()
             .status
             .success();
-        assert!(found, "{tool} is needed to run the seed's hook scripts");
+        assert!(found, "{tool} is needed to run the design's hook scripts");
     }
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir.path().join("jobs.db"), &dir.path().join("log"));
@@ -263,9 +263,9 @@ async fn the_seed_hook_scripts_run_verbatim_against_the_api() {
     .await;
     let token = body["token"].as_str().unwrap().to_string();
 
-    let started = run_seed_hook("job-started.sh", &server.url, &token);
+    let started = run_design_hook("job-started.sh", &server.url, &token);
     let stdout = String::from_utf8_lossy(&started.stdout);
-    // The seed ends with `exit 78`, which a real runner treats as a failed
+    // The design ends with `exit 78`, which a real runner treats as a failed
     // step; the delegation itself went through.
     assert_eq!(started.status.code(), Some(78), "{stdout}");
     assert!(stdout.contains("\"status\":\"running\""), "{stdout}");
@@ -284,7 +284,7 @@ async fn the_seed_hook_scripts_run_verbatim_against_the_api() {
     );
     assert_eq!(job["environment"]["GITHUB_WORKFLOW"], "CI");
 
-    let completed = run_seed_hook("job-completed.sh", &server.url, &token);
+    let completed = run_design_hook("job-completed.sh", &server.url, &token);
     assert!(
         completed.status.success(),
         "{}",

@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::failure::{self, Failure, Requeue, RetryPolicy};
+
 /// Where the orchestrator first learned of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -252,12 +254,12 @@ impl NewJob {
     }
 }
 
-/// The seed's `DelegatedJob`: a job and everything the orchestrator knows of it.
+/// The design's `DelegatedJob`: a job and everything the orchestrator knows of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     pub id: Uuid,
-    /// The workflow job key (`GITHUB_JOB`); called `jobId` in the seed's API.
+    /// The workflow job key (`GITHUB_JOB`); called `jobId` in the design's API.
     #[serde(rename = "jobId")]
     pub job_key: String,
     pub run_id: u64,
@@ -323,6 +325,171 @@ impl Job {
             job_key: self.job_key.clone(),
             runner_name,
         })
+    }
+
+    // Every kind of change to a job, one method each: no field of a stored
+    // job is written anywhere else.
+
+    /// The scheduler picked the job: one more attempt starts now.
+    pub fn start_provisioning(&mut self, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        self.transition(JobStatus::Provisioning, now)?;
+        self.attempts += 1;
+        self.not_before = None;
+        Ok(())
+    }
+
+    /// GitHub registered the runner minted for this job's own container.
+    pub fn runner_registered(&mut self, runner_id: u64) {
+        self.provisioned_runner_id = Some(runner_id);
+    }
+
+    /// The job's runner container is up.
+    pub fn container_started(
+        &mut self,
+        container_id: String,
+        runner_name: String,
+        now: DateTime<Utc>,
+    ) {
+        self.container_id = Some(container_id);
+        self.runner_name.get_or_insert(runner_name);
+        self.last_error = None;
+        self.updated_at = now;
+    }
+
+    /// A container started for this job after another writer settled the
+    /// job: recorded so that its exit cleans up.
+    pub fn adopt_container(
+        &mut self,
+        container_id: String,
+        provisioned_runner_id: Option<u64>,
+        now: DateTime<Utc>,
+    ) {
+        self.container_id = Some(container_id);
+        self.provisioned_runner_id = provisioned_runner_id;
+        self.updated_at = now;
+    }
+
+    /// The job's container is no longer the job's: it is gone, or its runner
+    /// took another job.
+    pub fn release_container(&mut self) {
+        self.container_id = None;
+    }
+
+    /// The job's runner container exited before its runner took the job.
+    pub fn container_exited_unused(&mut self, exit_code: Option<i32>) {
+        self.container_id = None;
+        self.exit_code = exit_code;
+    }
+
+    /// The job's own container exited after its runner took the job. Its
+    /// code is the job's unless another job's container ran this job.
+    pub fn own_container_exited(&mut self, exit_code: Option<i32>, now: DateTime<Utc>) {
+        if self.ran_in_container_id.is_none() {
+            self.exit_code = exit_code.or(self.exit_code);
+        }
+        self.updated_at = now;
+    }
+
+    /// The runner that ran this job lived in another job's container, which
+    /// exited with `code`. True when the code was recorded.
+    pub fn runner_container_exited(&mut self, code: i32) -> bool {
+        if self.exit_code.is_some() {
+            return false;
+        }
+        self.exit_code = Some(code);
+        true
+    }
+
+    /// Provisioning did not lead to a running job: the requeue rule decides
+    /// between failing and queueing again. Returns the new status.
+    pub fn provisioning_failed(
+        &mut self,
+        failure: &Failure,
+        policy: &RetryPolicy,
+        now: DateTime<Utc>,
+        jitter: f64,
+    ) -> Result<JobStatus, TransitionError> {
+        let (target, attempts, not_before) =
+            match failure::decide(failure, self.attempts, policy, now, jitter) {
+                Requeue::Fail => (JobStatus::Failed, self.attempts, None),
+                Requeue::Queue {
+                    attempts,
+                    not_before,
+                } => (JobStatus::Queued, attempts, not_before),
+            };
+        self.transition(target, now)?;
+        self.attempts = attempts;
+        self.not_before = not_before;
+        self.last_error = Some(failure.message().to_string());
+        Ok(target)
+    }
+
+    /// A GitHub job event names a hook-delegated job: link the two.
+    pub fn link_github_job(
+        &mut self,
+        github_job_id: u64,
+        runner_id: Option<u64>,
+        now: DateTime<Utc>,
+    ) {
+        self.github_job_id = Some(github_job_id);
+        self.runner_id = runner_id.or(self.runner_id);
+        self.updated_at = now;
+    }
+
+    /// GitHub says which runner took the job. `ran_in` is the container of
+    /// another job whose runner took this one; it is linked once, so later
+    /// events cannot move the job to that job's next container.
+    pub fn taken_by_runner(
+        &mut self,
+        runner_name: String,
+        runner_id: Option<u64>,
+        ran_in: Option<String>,
+    ) {
+        self.runner_name = Some(runner_name);
+        self.runner_id = runner_id.or(self.runner_id);
+        if self.ran_in_container_id.is_none() {
+            self.ran_in_container_id = ran_in;
+        }
+    }
+
+    /// GitHub says the job runs; ignored when our record is past that.
+    pub fn started_on_github(&mut self, now: DateTime<Utc>) {
+        if self.status.can_transition_to(JobStatus::Running) {
+            let _ = self.transition(JobStatus::Running, now);
+        }
+    }
+
+    /// GitHub says the job finished; ignored when our record already has.
+    pub fn finished_on_github(&mut self, conclusion: Option<String>, now: DateTime<Utc>) {
+        let target = conclusion_to_status(conclusion.as_deref());
+        if self.status.can_transition_to(target) {
+            let _ = self.transition(target, now);
+            self.conclusion = conclusion;
+        }
+    }
+
+    /// A hook reported the job's end. Returns the final status.
+    pub fn complete(
+        &mut self,
+        conclusion: Option<String>,
+        exit_code: Option<i32>,
+        now: DateTime<Utc>,
+    ) -> Result<JobStatus, TransitionError> {
+        let target = conclusion_to_status(conclusion.as_deref());
+        self.transition(target, now)?;
+        self.exit_code = exit_code.or(self.exit_code);
+        self.conclusion = conclusion.or(self.conclusion.take());
+        Ok(target)
+    }
+}
+
+impl NewJob {
+    /// A job a proxy runner's hook delegated: the runner already holds it,
+    /// so it is recorded as running.
+    pub fn into_delegated_job(self, id: Uuid, now: DateTime<Utc>) -> Result<Job, TransitionError> {
+        let mut job = self.into_job(id, now);
+        job.transition(JobStatus::Running, now)?;
+        Ok(job)
     }
 }
 

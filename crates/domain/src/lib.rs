@@ -6,11 +6,14 @@
 //! its inputs (time comes in through [`ports::Clock`]).
 
 pub mod env_filter;
+pub mod failure;
 pub mod job;
 pub mod labels;
 pub mod names;
 pub mod ports;
+pub mod runner_plan;
 pub mod schedule;
+pub mod sync;
 
 pub use job::{
     DelegationKey, Job, JobSource, JobStatus, NewJob, TransitionError, conclusion_to_status,

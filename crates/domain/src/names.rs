@@ -47,8 +47,8 @@ fn docker_safe(s: &str) -> String {
         .collect()
 }
 
-/// `{prefix}-{owner}-{repo}-{hash}`: the seed's per-repository network, with
-/// 8 hex digits of SHA-256 of the lower-cased full name, because the seed's
+/// `{prefix}-{owner}-{repo}-{hash}`: the design's per-repository network, with
+/// 8 hex digits of SHA-256 of the lower-cased full name, because the design's
 /// form alone is ambiguous (`a-b/c` and `a/b-c` would share a network).
 pub fn network_name(prefix: &str, repository: &str) -> String {
     use sha2::Digest;
@@ -63,12 +63,12 @@ pub fn network_name(prefix: &str, repository: &str) -> String {
     format!("{base}-{}", &hex::encode(digest)[..8])
 }
 
-/// `runner-{job id}`: the seed's container name.
+/// `runner-{job id}`: the design's container name.
 pub fn container_name(job_id: Uuid) -> String {
     format!("runner-{job_id}")
 }
 
-/// `ephemeral-{job id}`: the seed's runner name on GitHub.
+/// `ephemeral-{job id}`: the design's runner name on GitHub.
 pub fn runner_name(job_id: Uuid) -> String {
     format!("ephemeral-{job_id}")
 }

@@ -30,6 +30,25 @@ impl Clock for SystemClock {
     }
 }
 
+/// Where new ids come from (UUIDv7 in production, a sequence in tests).
+pub trait IdSource: Send + Sync + 'static {
+    fn new_id(&self) -> Uuid;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UuidV7;
+
+impl IdSource for UuidV7 {
+    fn new_id(&self) -> Uuid {
+        Uuid::now_v7()
+    }
+}
+
+/// Random numbers in `[0, 1]` that spread retries apart.
+pub trait Jitter: Send + Sync + 'static {
+    fn sample(&self) -> f64;
+}
+
 // ---------------------------------------------------------------- job store
 
 #[derive(Debug, thiserror::Error)]
@@ -293,7 +312,7 @@ impl GitHubError {
     }
 }
 
-/// The seed's `GitHubAPIService`, as far as the orchestrator needs it.
+/// The design's `GitHubAPIService`, as far as the orchestrator needs it.
 #[async_trait]
 pub trait RunnerRegistry: Send + Sync + 'static {
     async fn generate_jit_config(
@@ -321,6 +340,17 @@ pub trait RunnerRegistry: Send + Sync + 'static {
         owner: &str,
         repo: &str,
     ) -> Result<Vec<WorkflowJobInfo>, GitHubError>;
+}
+
+/// Queued GitHub jobs found by asking rather than told by webhooks (the
+/// poller, for setups GitHub cannot reach).
+#[async_trait]
+pub trait QueuedJobFeed: Send + Sync + 'static {
+    /// One round over the watched repositories; failures are the feed's to
+    /// log, a failing repository does not hide the others' jobs.
+    async fn poll_once(&self) -> Vec<WorkflowJobInfo>;
+    /// How long to wait before the next round (GitHub's budget paces it).
+    fn next_delay(&self) -> Duration;
 }
 
 // ---------------------------------------------------------------- containers

@@ -35,7 +35,6 @@ pub const MAX_PAGE: usize = 500;
 pub struct AppState {
     pub orchestrator: Arc<Orchestrator>,
     pub metrics: PrometheusHandle,
-    /// Extra routes (the webhook receiver) are merged by the caller.
     pub started: Instant,
 }
 
@@ -86,11 +85,18 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers)?;
-        state.orchestrator.authenticate(token).await.map(Caller)
+        state
+            .orchestrator
+            .authenticate(token)
+            .await
+            .map(Caller)
+            .map_err(ApiError::from)
     }
 }
 
-pub fn app(state: AppState) -> Router {
+/// The API's routes with their body limit; `compose::app` merges them into
+/// what is served.
+pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/api/jobs/delegate", post(delegate))
         .route("/api/jobs/{id}/complete", post(complete))
@@ -101,24 +107,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT))
-        .layer(axum::middleware::from_fn(count_requests))
         .with_state(state)
-}
-
-async fn count_requests(req: Request, next: axum::middleware::Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let resp = next.run(req).await;
-    metrics::counter!(m::HTTP_REQUESTS, "route" => route, "method" => method, "status" => resp.status().as_u16().to_string())
-        .increment(1);
-    resp
 }
 
 fn bad_path(e: PathRejection) -> ApiError {
@@ -150,7 +140,7 @@ async fn delegate(
         let who = state.orchestrator.authenticate(bearer(&headers)?).await?;
         let Body(body) = body?;
         let delegation = parse_delegation(&body)?;
-        state.orchestrator.delegate(&who, delegation).await
+        Ok::<_, ApiError>(state.orchestrator.delegate(&who, delegation).await?)
     }
     .await;
     match result {

@@ -1,4 +1,8 @@
-//! The audit trail, written by every use case the same way.
+//! The audit trail, written by every use case the same way, and the one
+//! compare-and-set retry bound.
+
+use std::future::Future;
+use std::sync::Arc;
 
 use proxy_runner_domain::ports::{AuditEvent, Clock, JobStore};
 use uuid::Uuid;
@@ -7,24 +11,55 @@ use uuid::Uuid;
 /// writer won.
 pub(crate) const CAS_RETRIES: usize = 5;
 
-/// Appends one audit event. `detail` must never hold a secret. The audit
-/// trail must not block the job: a failed write is logged loudly instead.
-pub(crate) async fn record(
-    store: &dyn JobStore,
-    clock: &dyn Clock,
-    actor: &str,
-    action: &str,
-    job_id: Option<Uuid>,
-    detail: serde_json::Value,
-) {
-    let event = AuditEvent {
-        at: clock.now(),
-        actor: actor.to_string(),
-        action: action.to_string(),
-        job_id,
-        detail,
-    };
-    if let Err(e) = store.append_audit(&event).await {
-        tracing::error!(error = %e, action, "audit write failed");
+/// Runs one read-modify-write `attempt` until it reports a result
+/// (`Some`), at most [`CAS_RETRIES`] times; `None` means another writer won
+/// and the attempt is to be made again on a fresh read.
+pub(crate) async fn retry_cas<T, E, F, Fut>(
+    mut attempt: F,
+    kept_changing: impl FnOnce() -> E,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, E>>,
+{
+    for _ in 0..CAS_RETRIES {
+        if let Some(done) = attempt().await? {
+            return Ok(done);
+        }
+    }
+    Err(kept_changing())
+}
+
+/// Writes audit events. `detail` must never hold a secret.
+#[derive(Clone)]
+pub(crate) struct Auditor {
+    store: Arc<dyn JobStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Auditor {
+    pub(crate) fn new(store: Arc<dyn JobStore>, clock: Arc<dyn Clock>) -> Self {
+        Auditor { store, clock }
+    }
+
+    /// Appends one event. The audit trail must not block the job: a failed
+    /// write is logged loudly instead.
+    pub(crate) async fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        job_id: Option<Uuid>,
+        detail: serde_json::Value,
+    ) {
+        let event = AuditEvent {
+            at: self.clock.now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            job_id,
+            detail,
+        };
+        if let Err(e) = self.store.append_audit(&event).await {
+            tracing::error!(error = %e, action, "audit write failed");
+        }
     }
 }

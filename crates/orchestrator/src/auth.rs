@@ -9,6 +9,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::service::ServiceError;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,10 +26,12 @@ impl Principal {
             Principal::Runner { name, .. } => format!("runner:{name}"),
         }
     }
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    pub fn require_admin(&self) -> Result<(), ServiceError> {
         match self {
             Principal::Admin => Ok(()),
-            Principal::Runner { .. } => Err(ApiError::forbidden("this call needs the admin token")),
+            Principal::Runner { .. } => Err(ServiceError::Forbidden(
+                "this call needs the admin token".into(),
+            )),
         }
     }
 }

@@ -80,7 +80,7 @@ impl std::str::FromStr for BackendKind {
 pub enum Registration {
     /// `generate-jitconfig`: one single-use config per container (default).
     Jit,
-    /// The seed's way: a registration token and `config.sh --ephemeral`.
+    /// The design's way: a registration token and `config.sh --ephemeral`.
     RegistrationToken,
 }
 
@@ -171,7 +171,7 @@ impl Default for PollSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunnersSection {
-    /// Image of the ephemeral runner container (the seed's default name).
+    /// Image of the ephemeral runner container (the design's default name).
     pub image: String,
     /// Per-repository networks are `{network_prefix}-{owner}-{repo}`.
     pub network_prefix: String,
@@ -437,123 +437,5 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn write(text: &str) -> tempfile::NamedTempFile {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), text).unwrap();
-        f
-    }
-
-    #[test]
-    fn precedence_is_flags_env_file_defaults() {
-        let file = write(
-            "listen = \"127.0.0.1:9000\"\ndatabase = \"from-file.db\"\nbackend = \"dry-run\"\ninstance = \"file\"\n",
-        );
-        let e = env(&[
-            ("PROXY_RUNNER_DB", "from-env.db"),
-            ("PROXY_RUNNER_INSTANCE", "env"),
-        ]);
-        let flags = Overrides {
-            database: Some("from-flag.db".into()),
-            ..Default::default()
-        };
-        let c = Config::load(Some(file.path()), &e, &flags).unwrap();
-        assert_eq!(
-            c.listen,
-            "127.0.0.1:9000".parse().unwrap(),
-            "file beats default"
-        );
-        assert_eq!(c.instance, "env", "env beats file");
-        assert_eq!(c.database, PathBuf::from("from-flag.db"), "flag beats env");
-        assert_eq!(c.backend, BackendKind::DryRun);
-        assert_eq!(
-            Config::load(None, &env(&[]), &Overrides::default())
-                .unwrap()
-                .listen
-                .port(),
-            8080
-        );
-    }
-
-    #[test]
-    fn unknown_keys_are_errors() {
-        let file = write("listen = \"127.0.0.1:9000\"\nlisten_adress = \"x\"\n");
-        let err = Config::load(Some(file.path()), &env(&[]), &Overrides::default()).unwrap_err();
-        assert!(err.to_string().contains("listen_adress"), "{err}");
-        let nested = write("[runners]\nimagee = \"x\"\n");
-        let err = Config::load(Some(nested.path()), &env(&[]), &Overrides::default()).unwrap_err();
-        assert!(err.to_string().contains("imagee"), "{err}");
-    }
-
-    #[test]
-    fn bad_values_name_their_source() {
-        let err = Config::load(
-            None,
-            &env(&[("PROXY_RUNNER_LISTEN", "nope")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("PROXY_RUNNER_LISTEN"), "{err}");
-        let err = Config::load(
-            None,
-            &env(&[("PROXY_RUNNER_BACKEND", "k8s")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("dry-run"), "{err}");
-        let file = write("[runners.hardening]\nuser = \"0:0\"\n");
-        let err = Config::load(Some(file.path()), &env(&[]), &Overrides::default()).unwrap_err();
-        assert!(err.to_string().contains("root"), "{err}");
-        let missing = Config::load(
-            Some(Path::new("/nonexistent/x.toml")),
-            &env(&[]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(
-            missing.to_string().contains("/nonexistent/x.toml"),
-            "{missing}"
-        );
-    }
-
-    #[test]
-    fn secrets_are_masked_in_every_rendering() {
-        let file = write(
-            "admin_token = \"file-admin-SECRET-1\"\n[github]\nwebhook_secret = \"hook-SECRET-2\"\n",
-        );
-        let e = env(&[("PROXY_RUNNER_GITHUB_TOKEN", "ghp_env-SECRET-3")]);
-        let c = Config::load(Some(file.path()), &e, &Overrides::default()).unwrap();
-        let shown = format!("{}\n{:?}", c.to_masked_toml(), c);
-        for s in ["file-admin-SECRET-1", "hook-SECRET-2", "ghp_env-SECRET-3"] {
-            assert!(!shown.contains(s), "{s} leaked:\n{shown}");
-        }
-        assert!(shown.contains("***"));
-        assert_eq!(c.admin_token_value(), Some("file-admin-SECRET-1"));
-        assert!(c.github.token.is_set());
-    }
-
-    #[test]
-    fn label_sets_with_their_own_hardening() {
-        let file = write(
-            "[[runners.label_sets]]\nlabels = [\"self-hosted\", \"gpu\"]\nimage = \"gpu-runner:1\"\n[runners.label_sets.hardening]\nmemory_bytes = 1024\n",
-        );
-        let c = Config::load(Some(file.path()), &env(&[]), &Overrides::default()).unwrap();
-        let set = &c.runners.label_sets[0];
-        assert_eq!(set.image.as_deref(), Some("gpu-runner:1"));
-        let h = set.hardening.as_ref().unwrap();
-        assert_eq!(h.memory_bytes, 1024);
-        assert!(
-            h.drop_all_capabilities,
-            "unset hardening fields keep their hardened default"
-        );
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

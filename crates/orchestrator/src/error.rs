@@ -6,6 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use proxy_runner_domain::ports::StoreError;
 
+use crate::service::ServiceError;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -55,6 +57,20 @@ impl ApiError {
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Unauthorized(m) => ApiError::unauthorized(m),
+            ServiceError::Forbidden(m) => ApiError::forbidden(m),
+            ServiceError::NotFound(m) => ApiError::not_found(m),
+            ServiceError::Conflict(m) => ApiError::conflict(m),
+            ServiceError::Invalid { field, message } => ApiError::invalid(field, message),
+            ServiceError::BadQuery(m) => ApiError::bad_query(m),
+            ServiceError::Store(e) => e.into(),
+        }
     }
 }
 

@@ -5,13 +5,16 @@ pub mod api;
 mod audit;
 pub mod auth;
 pub mod autoscaler;
+pub mod compose;
 pub mod config;
 pub mod dry_run;
 pub mod error;
 pub mod metrics;
 pub mod requests;
 pub mod service;
+pub mod sources;
 pub mod webhook;
 
-pub use api::{AppState, app};
+pub use api::AppState;
+pub use compose::{Ports, System, app};
 pub use service::Orchestrator;

@@ -79,7 +79,7 @@ fn string_field(
     }
 }
 
-/// A positive integer sent as a number or as a decimal string (the seed's
+/// A positive integer sent as a number or as a decimal string (the design's
 /// hook quotes every value).
 fn number_field(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
     let parsed = match obj.get(field) {
@@ -129,7 +129,7 @@ fn environment_field(obj: &Map<String, Value>) -> Result<BTreeMap<String, String
             ));
         }
         match value {
-            // The seed's jq turns lines without '=' into null values: skip them.
+            // The design's jq turns lines without '=' into null values: skip them.
             Value::Null => {}
             Value::String(s) => {
                 // Values over the limit are truncated, not rejected: one long
@@ -185,7 +185,7 @@ pub struct Delegation {
     pub dropped_secrets: usize,
 }
 
-/// Parses the body of `POST /api/jobs/delegate` as the seed's
+/// Parses the body of `POST /api/jobs/delegate` as the design's
 /// `hooks/job-started.sh` builds it (plus the optional fields of `JobContext`).
 /// Unknown fields are ignored; `secrets` is read past and never kept.
 pub fn parse_delegation(body: &[u8]) -> Result<Delegation, ApiError> {
@@ -322,7 +322,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seed_hook_body_parses() {
+    fn the_design_hook_body_parses() {
         // Exactly the shape hooks/job-started.sh builds: strings everywhere,
         // labels joined, env from jq (values after the first '=' are lost and
         // lines without '=' become null).

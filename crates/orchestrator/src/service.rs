@@ -1,23 +1,56 @@
 //! The orchestrator's use cases: delegate, complete, issue tokens, read
-//! jobs. HTTP-free, so the API layer stays thin and the logic is testable.
+//! jobs. HTTP-free (errors are [`ServiceError`]; the API layer maps them to
+//! statuses), so the API layer stays thin and the logic is testable.
 
 use std::sync::Arc;
 
-use proxy_runner_domain::ports::{Clock, ContainerBackend, JobFilter, JobStore, TokenRecord};
-use proxy_runner_domain::{Job, JobStatus, conclusion_to_status};
+use proxy_runner_domain::ports::{ContainerBackend, JobFilter, JobStore, StoreError, TokenRecord};
+use proxy_runner_domain::{Job, TransitionError};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use crate::audit::{self, CAS_RETRIES};
+use crate::audit::{Auditor, retry_cas};
 use crate::auth::{self, Principal};
-use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
 use crate::requests::{Completion, Delegation};
+use crate::sources::Sources;
+
+/// Why a use case refused or failed. Messages name the problem and never
+/// carry a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    BadQuery(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<TransitionError> for ServiceError {
+    fn from(e: TransitionError) -> Self {
+        ServiceError::Conflict(e.to_string())
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
 
 pub struct Orchestrator {
     pub store: Arc<dyn JobStore>,
     pub backend: Arc<dyn ContainerBackend>,
-    pub clock: Arc<dyn Clock>,
+    pub sources: Sources,
+    audit: Auditor,
     admin_token: Option<SecretString>,
 }
 
@@ -31,19 +64,20 @@ impl Orchestrator {
     pub fn new(
         store: Arc<dyn JobStore>,
         backend: Arc<dyn ContainerBackend>,
-        clock: Arc<dyn Clock>,
+        sources: Sources,
         admin_token: Option<SecretString>,
     ) -> Self {
         Orchestrator {
+            audit: Auditor::new(store.clone(), sources.clock.clone()),
             store,
             backend,
-            clock,
+            sources,
             admin_token,
         }
     }
 
     /// Resolves a bearer token to a principal.
-    pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
+    pub async fn authenticate(&self, token: &str) -> ServiceResult<Principal> {
         if let Some(admin) = &self.admin_token
             && auth::secrets_equal(token, admin.expose_secret())
         {
@@ -58,27 +92,9 @@ impl Orchestrator {
                 name: rec.runner,
                 token_id: rec.id,
             }),
-            Some(_) => Err(ApiError::unauthorized("token has been revoked")),
-            None => Err(ApiError::unauthorized("unknown token")),
+            Some(_) => Err(ServiceError::Unauthorized("token has been revoked".into())),
+            None => Err(ServiceError::Unauthorized("unknown token".into())),
         }
-    }
-
-    pub async fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        job_id: Option<Uuid>,
-        detail: serde_json::Value,
-    ) {
-        audit::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
-            actor,
-            action,
-            job_id,
-            detail,
-        )
-        .await;
     }
 
     /// `POST /api/jobs/delegate`: records the job a proxy runner's hook
@@ -87,20 +103,20 @@ impl Orchestrator {
         &self,
         who: &Principal,
         delegation: Delegation,
-    ) -> ApiResult<(Job, bool)> {
+    ) -> ServiceResult<(Job, bool)> {
         let runner_name = delegation.job.runner_name.clone().unwrap_or_default();
         if let Principal::Runner { name, .. } = who
             && *name != runner_name
         {
-            return Err(ApiError::forbidden(format!(
+            return Err(ServiceError::Forbidden(format!(
                 "runnerName {runner_name:?} is not the runner this token was issued for"
             )));
         }
-        let now = self.clock.now();
-        let mut job = delegation.job.into_job(Uuid::now_v7(), now);
+        let now = self.sources.clock.now();
         // The hook runs on the runner that already holds the job: it is running.
-        job.transition(JobStatus::Running, now)
-            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        let job = delegation
+            .job
+            .into_delegated_job(self.sources.ids.new_id(), now)?;
         let inserted = self.store.insert_job(&job).await?;
         let created = inserted.is_new();
         let job = inserted.into_job();
@@ -110,57 +126,59 @@ impl Orchestrator {
                 job = %job.id, job_key = %job.job_key, repository = %job.repository,
                 runner = %runner_name, labels = ?job.labels, "job delegated"
             );
-            self.audit(
-                &who.actor(),
-                "job.delegated",
-                Some(job.id),
-                serde_json::json!({
-                    "jobKey": job.job_key, "runId": job.run_id, "runAttempt": job.run_attempt,
-                    "repository": job.repository, "runnerName": runner_name,
-                    "labels": job.labels, "droppedSecretVariables": delegation.dropped_secrets,
-                }),
-            )
-            .await;
+            self.audit
+                .record(
+                    &who.actor(),
+                    "job.delegated",
+                    Some(job.id),
+                    serde_json::json!({
+                        "jobKey": job.job_key, "runId": job.run_id, "runAttempt": job.run_attempt,
+                        "repository": job.repository, "runnerName": runner_name,
+                        "labels": job.labels, "droppedSecretVariables": delegation.dropped_secrets,
+                    }),
+                )
+                .await;
         }
         Ok((job, created))
     }
 
     /// Finds the job a completion names: an orchestrator id, or (as the
-    /// seed's completion hook sends it) the workflow job key of the calling
+    /// design's completion hook sends it) the workflow job key of the calling
     /// runner's active job.
     pub async fn resolve_for_completion(
         &self,
         who: &Principal,
         id: &str,
         runner: Option<&str>,
-    ) -> ApiResult<Job> {
+    ) -> ServiceResult<Job> {
         if let Ok(uuid) = Uuid::parse_str(id) {
             let job = self
                 .store
                 .get_job(uuid)
                 .await?
-                .ok_or_else(|| ApiError::not_found(format!("no job with id {uuid}")))?;
+                .ok_or_else(|| ServiceError::NotFound(format!("no job with id {uuid}")))?;
             if let Principal::Runner { name, .. } = who
                 && job.runner_name.as_deref() != Some(name.as_str())
             {
-                return Err(ApiError::forbidden(format!(
+                return Err(ServiceError::Forbidden(format!(
                     "job {uuid} does not belong to runner {name:?}"
                 )));
             }
             return Ok(job);
         }
         if id.is_empty() || id.len() > 100 || id.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "id",
-                "must be a job id or a workflow job key",
-            ));
+            return Err(ServiceError::Invalid {
+                field: "id",
+                message: "must be a job id or a workflow job key".into(),
+            });
         }
         let runner_name = match (who, runner) {
             (Principal::Runner { name, .. }, _) => name.clone(),
             (Principal::Admin, Some(r)) => r.to_string(),
             (Principal::Admin, None) => {
-                return Err(ApiError::bad_query(
-                    "completing by job key needs a runner: use a runner token or ?runner=NAME",
+                return Err(ServiceError::BadQuery(
+                    "completing by job key needs a runner: use a runner token or ?runner=NAME"
+                        .into(),
                 ));
             }
         };
@@ -168,7 +186,7 @@ impl Orchestrator {
             .find_active_for_runner(&runner_name, id)
             .await?
             .ok_or_else(|| {
-                ApiError::not_found(format!(
+                ServiceError::NotFound(format!(
                     "runner {runner_name:?} has no active job with key {id:?}"
                 ))
             })
@@ -179,49 +197,72 @@ impl Orchestrator {
     pub async fn complete(
         &self,
         who: &Principal,
-        mut job: Job,
+        job: Job,
         completion: Completion,
-    ) -> ApiResult<Job> {
-        for _ in 0..CAS_RETRIES {
-            if job.status.is_terminal() {
-                return Ok(job);
-            }
-            let expected = job.status;
-            let conclusion = completion.effective_conclusion();
-            let target = conclusion_to_status(conclusion.as_deref());
-            job.transition(target, self.clock.now())
-                .map_err(|e| ApiError::conflict(e.to_string()))?;
-            job.exit_code = completion.exit_code.or(job.exit_code);
-            job.conclusion = conclusion.or(job.conclusion);
-            if self.store.update_job(&mut job, expected).await? {
-                let shown = job.conclusion.clone().unwrap_or_else(|| "unknown".into());
-                metrics::counter!(m::JOBS_COMPLETED, "conclusion" => shown.clone()).increment(1);
-                metrics::counter!(m::JOB_TRANSITIONS, "to" => target.as_str()).increment(1);
-                tracing::info!(job = %job.id, conclusion = %shown, exit_code = ?job.exit_code, "job completed");
-                self.audit(
-                    &who.actor(),
-                    "job.completed",
-                    Some(job.id),
-                    serde_json::json!({"conclusion": job.conclusion, "exitCode": job.exit_code, "status": job.status}),
+    ) -> ServiceResult<Job> {
+        let id = job.id;
+        let mut current = Some(job);
+        retry_cas(
+            || {
+                let read = current.take();
+                self.try_complete(who, id, read, &completion)
+            },
+            || {
+                ServiceError::Conflict(
+                    "the job kept changing under this completion; try again".into(),
                 )
-                .await;
-                return Ok(job);
-            }
-            // Another writer moved the job: read it again and retry.
-            job = self
-                .store
-                .get_job(job.id)
-                .await?
-                .ok_or_else(|| ApiError::not_found(format!("job {} vanished", job.id)))?;
-        }
-        Err(ApiError::conflict(
-            "the job kept changing under this completion; try again",
-        ))
+            },
+        )
+        .await
     }
 
-    pub async fn get_job(&self, who: &Principal, id: &str) -> ApiResult<Job> {
+    /// One attempt of [`Self::complete`] on `job` (or a fresh read of it);
+    /// `None` when another writer moved the job first.
+    async fn try_complete(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        job: Option<Job>,
+        completion: &Completion,
+    ) -> ServiceResult<Option<Job>> {
+        let mut job = match job {
+            Some(job) => job,
+            None => self
+                .store
+                .get_job(id)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound(format!("job {id} vanished")))?,
+        };
+        if job.status.is_terminal() {
+            return Ok(Some(job));
+        }
+        let expected = job.status;
+        let target = job.complete(
+            completion.effective_conclusion(),
+            completion.exit_code,
+            self.sources.clock.now(),
+        )?;
+        if !self.store.update_job(&mut job, expected).await? {
+            return Ok(None);
+        }
+        let shown = job.conclusion.clone().unwrap_or_else(|| "unknown".into());
+        metrics::counter!(m::JOBS_COMPLETED, "conclusion" => shown.clone()).increment(1);
+        metrics::counter!(m::JOB_TRANSITIONS, "to" => target.as_str()).increment(1);
+        tracing::info!(job = %job.id, conclusion = %shown, exit_code = ?job.exit_code, "job completed");
+        self.audit
+            .record(
+                &who.actor(),
+                "job.completed",
+                Some(job.id),
+                serde_json::json!({"conclusion": job.conclusion, "exitCode": job.exit_code, "status": job.status}),
+            )
+            .await;
+        Ok(Some(job))
+    }
+
+    pub async fn get_job(&self, who: &Principal, id: &str) -> ServiceResult<Job> {
         let uuid = Uuid::parse_str(id).map_err(|_| {
-            ApiError::not_found(format!(
+            ServiceError::NotFound(format!(
                 "no job with id {:?}",
                 id.chars().take(64).collect::<String>()
             ))
@@ -230,62 +271,69 @@ impl Orchestrator {
             .store
             .get_job(uuid)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("no job with id {uuid}")))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("no job with id {uuid}")))?;
         match who {
             Principal::Admin => Ok(job),
             Principal::Runner { name, .. } if job.runner_name.as_deref() == Some(name.as_str()) => {
                 Ok(job)
             }
-            Principal::Runner { .. } => {
-                Err(ApiError::forbidden("this job belongs to another runner"))
-            }
+            Principal::Runner { .. } => Err(ServiceError::Forbidden(
+                "this job belongs to another runner".into(),
+            )),
         }
     }
 
-    pub async fn list_jobs(&self, who: &Principal, filter: &JobFilter) -> ApiResult<Vec<Job>> {
+    pub async fn list_jobs(&self, who: &Principal, filter: &JobFilter) -> ServiceResult<Vec<Job>> {
         who.require_admin()?;
         Ok(self.store.list_jobs(filter).await?)
     }
 
-    pub async fn issue_token(&self, who: &Principal, runner: &str) -> ApiResult<IssuedToken> {
+    pub async fn issue_token(&self, who: &Principal, runner: &str) -> ServiceResult<IssuedToken> {
         who.require_admin()?;
         let token = auth::generate_token();
         let record = TokenRecord {
-            id: Uuid::now_v7(),
+            id: self.sources.ids.new_id(),
             runner: runner.to_string(),
             hash: auth::hash_token(&token),
-            created_at: self.clock.now(),
+            created_at: self.sources.clock.now(),
             revoked_at: None,
         };
         self.store.insert_token(&record).await?;
-        self.audit(
-            &who.actor(),
-            "token.created",
-            None,
-            serde_json::json!({"tokenId": record.id, "runner": runner}),
-        )
-        .await;
+        self.audit
+            .record(
+                &who.actor(),
+                "token.created",
+                None,
+                serde_json::json!({"tokenId": record.id, "runner": runner}),
+            )
+            .await;
         Ok(IssuedToken {
             record,
             token: SecretString::from(token),
         })
     }
 
-    pub async fn revoke_token(&self, who: &Principal, id: &str) -> ApiResult<()> {
+    pub async fn revoke_token(&self, who: &Principal, id: &str) -> ServiceResult<()> {
         who.require_admin()?;
-        let uuid = Uuid::parse_str(id).map_err(|_| ApiError::not_found("no such token"))?;
-        if !self.store.revoke_token(uuid, self.clock.now()).await? {
-            return Err(ApiError::not_found(format!(
+        let uuid =
+            Uuid::parse_str(id).map_err(|_| ServiceError::NotFound("no such token".into()))?;
+        if !self
+            .store
+            .revoke_token(uuid, self.sources.clock.now())
+            .await?
+        {
+            return Err(ServiceError::NotFound(format!(
                 "no active token with id {uuid}"
             )));
         }
-        self.audit(
-            &who.actor(),
-            "token.revoked",
-            None,
-            serde_json::json!({"tokenId": uuid}),
-        )
-        .await;
+        self.audit
+            .record(
+                &who.actor(),
+                "token.revoked",
+                None,
+                serde_json::json!({"tokenId": uuid}),
+            )
+            .await;
         Ok(())
     }
 

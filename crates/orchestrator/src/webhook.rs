@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use proxy_runner_domain::JobSource;
-use proxy_runner_domain::ports::JobStore;
-use proxy_runner_github::webhooks::{
+use proxy_runner_domain::ports::{Clock, JobStore};
+use proxy_runner_webhooks::{
     DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, WORKFLOW_JOB_EVENT, WorkflowJobAction,
     parse_workflow_job_event, verify_signature,
 };
@@ -31,12 +31,12 @@ pub struct WebhookState {
     pub secret: Option<SecretString>,
     pub autoscaler: Option<Arc<Autoscaler>>,
     pub store: Arc<dyn JobStore>,
+    pub clock: Arc<dyn Clock>,
 }
 
 pub fn routes(state: WebhookState) -> axum::Router {
     axum::Router::new()
         .route("/webhooks/github", post(receive))
-        .method_not_allowed_fallback(crate::api::method_not_allowed)
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .with_state(state)
 }
@@ -74,38 +74,15 @@ async fn receive(
         tracing::warn!(error = %e, "webhook refused");
         return Err(ApiError::unauthorized(e.to_string()));
     }
-    let event = header(&headers, EVENT_HEADER)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_header",
-                "X-GitHub-Event header is required",
-            )
-        })?
-        .to_string();
-    let delivery = header(&headers, DELIVERY_HEADER)
-        .filter(|d| !d.is_empty() && d.len() <= 100)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_header",
-                "X-GitHub-Delivery header is required",
-            )
-        })?
-        .to_string();
+    let event = required_header(&headers, EVENT_HEADER, "X-GitHub-Event")?;
+    let delivery = required_header(&headers, DELIVERY_HEADER, "X-GitHub-Delivery")?;
     if event == "ping" {
         counted(&event, "", "pong");
         return Ok((StatusCode::OK, Json(json!({"outcome": "pong"}))).into_response());
     }
     if event != WORKFLOW_JOB_EVENT {
         counted(&event, "", "ignored_event");
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(
-                json!({"outcome": "ignored", "reason": format!("event {event:?} is not handled")}),
-            ),
-        )
-            .into_response());
+        return Ok(ignored(format!("event {event:?} is not handled")));
     }
     let parsed = parse_workflow_job_event(&body).map_err(|e| ApiError::bad_json(e.to_string()))?;
     let action = match parsed.action {
@@ -115,15 +92,18 @@ async fn receive(
         WorkflowJobAction::Completed => JobAction::Completed,
         WorkflowJobAction::Other(ref other) => {
             counted(&event, other, "ignored_action");
-            return Ok((StatusCode::ACCEPTED, Json(json!({"outcome": "ignored", "reason": format!("action {other:?} is not handled")}))).into_response());
+            return Ok(ignored(format!("action {other:?} is not handled")));
         }
     };
     let autoscaler = state
         .autoscaler
         .as_ref()
         .ok_or_else(|| ApiError::unavailable("GitHub integration is not configured"))?;
-    let now = chrono::Utc::now();
-    if !state.store.record_delivery(&delivery, &event, now).await? {
+    if !state
+        .store
+        .record_delivery(&delivery, &event, state.clock.now())
+        .await?
+    {
         counted(&event, parsed.action.as_str(), "duplicate");
         return Ok((
             StatusCode::OK,
@@ -136,35 +116,8 @@ async fn receive(
         .await
     {
         Ok(outcome) => {
-            let (status, body) = match outcome {
-                Ingested::Created(id) => (
-                    StatusCode::CREATED,
-                    json!({"outcome": "created", "jobId": id}),
-                ),
-                Ingested::Updated(id) => {
-                    (StatusCode::OK, json!({"outcome": "updated", "jobId": id}))
-                }
-                Ingested::Unchanged(id) => {
-                    (StatusCode::OK, json!({"outcome": "unchanged", "jobId": id}))
-                }
-                Ingested::Ignored(reason) => (
-                    StatusCode::ACCEPTED,
-                    json!({"outcome": "ignored", "reason": reason}),
-                ),
-            };
-            counted(
-                &event,
-                parsed.action.as_str(),
-                body["outcome"]
-                    .as_str()
-                    .map(|s| match s {
-                        "created" => "created",
-                        "updated" => "updated",
-                        "unchanged" => "unchanged",
-                        _ => "ignored",
-                    })
-                    .unwrap_or("ignored"),
-            );
+            let (status, outcome, body) = answer(outcome);
+            counted(&event, parsed.action.as_str(), outcome);
             Ok((status, Json(body)).into_response())
         }
         Err(e) => {
@@ -175,5 +128,52 @@ async fn receive(
                 "could not record the event; redeliver it",
             ))
         }
+    }
+}
+
+fn required_header(headers: &HeaderMap, name: &str, shown: &str) -> Result<String, ApiError> {
+    header(headers, name)
+        .filter(|v| !v.is_empty() && v.len() <= 100)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_header",
+                format!("{shown} header is required"),
+            )
+        })
+}
+
+fn ignored(reason: String) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"outcome": "ignored", "reason": reason})),
+    )
+        .into_response()
+}
+
+/// The answer to GitHub and the metric's outcome for what became of the event.
+fn answer(outcome: Ingested) -> (StatusCode, &'static str, serde_json::Value) {
+    match outcome {
+        Ingested::Created(id) => (
+            StatusCode::CREATED,
+            "created",
+            json!({"outcome": "created", "jobId": id}),
+        ),
+        Ingested::Updated(id) => (
+            StatusCode::OK,
+            "updated",
+            json!({"outcome": "updated", "jobId": id}),
+        ),
+        Ingested::Unchanged(id) => (
+            StatusCode::OK,
+            "unchanged",
+            json!({"outcome": "unchanged", "jobId": id}),
+        ),
+        Ingested::Ignored(reason) => (
+            StatusCode::ACCEPTED,
+            "ignored",
+            json!({"outcome": "ignored", "reason": reason}),
+        ),
     }
 }

@@ -1,19 +1,17 @@
-//! The HTTP API in-process: the seed hooks' exact requests, authorization,
+//! The HTTP API in-process: the design hooks' exact requests, authorization,
 //! idempotency, listing.
 
-mod common;
-
 use axum::http::StatusCode;
-use common::*;
 use proxy_runner_domain::ports::JobStore;
+use proxy_runner_test_support::rig::{ADMIN, Rig, design_hook_body};
 
 #[tokio::test]
-async fn the_seed_hooks_work_unchanged_with_an_issued_runner_token() {
-    let app = test_app(None).await;
+async fn the_design_hooks_work_unchanged_with_an_issued_runner_token() {
+    let app = Rig::api().await;
     let token = app.runner_token("proxy-1").await;
 
     // job-started.sh: labels as one string, values quoted, no runAttempt.
-    let body = seed_hook_body(
+    let body = design_hook_body(
         "build",
         "9001",
         "octo-org/octo-repo",
@@ -96,9 +94,9 @@ async fn the_seed_hooks_work_unchanged_with_an_issued_runner_token() {
 
 #[tokio::test]
 async fn completion_body_sets_conclusion_and_exit_code() {
-    let app = test_app(None).await;
+    let app = Rig::api().await;
     let token = app.runner_token("p").await;
-    let body = seed_hook_body("test", "5", "o/r", "p", "");
+    let body = design_hook_body("test", "5", "o/r", "p", "");
     let r = app
         .call(
             "POST",
@@ -121,7 +119,7 @@ async fn completion_body_sets_conclusion_and_exit_code() {
     assert_eq!(done.body["exitCode"], 3);
     assert_eq!(done.body["status"], "completed");
 
-    let body = seed_hook_body("deploy", "6", "o/r", "p", "");
+    let body = design_hook_body("deploy", "6", "o/r", "p", "");
     let r = app
         .call(
             "POST",
@@ -144,10 +142,10 @@ async fn completion_body_sets_conclusion_and_exit_code() {
 
 #[tokio::test]
 async fn a_runner_token_acts_only_for_its_runner() {
-    let app = test_app(None).await;
+    let app = Rig::api().await;
     let a = app.runner_token("runner-a").await;
     let b = app.runner_token("runner-b").await;
-    let body = seed_hook_body("build", "1", "o/r", "runner-a", "self-hosted");
+    let body = design_hook_body("build", "1", "o/r", "runner-a", "self-hosted");
     let denied = app
         .call(
             "POST",
@@ -222,7 +220,7 @@ async fn a_runner_token_acts_only_for_its_runner() {
 
 #[tokio::test]
 async fn revoked_tokens_stop_working() {
-    let app = test_app(None).await;
+    let app = Rig::api().await;
     let r = app
         .call(
             "POST",
@@ -233,7 +231,7 @@ async fn revoked_tokens_stop_working() {
         .await;
     let token = r.body["token"].as_str().unwrap().to_string();
     let id = r.body["id"].as_str().unwrap().to_string();
-    let body = seed_hook_body("build", "1", "o/r", "p", "");
+    let body = design_hook_body("build", "1", "o/r", "p", "");
     assert_eq!(
         app.call(
             "POST",
@@ -276,11 +274,11 @@ async fn revoked_tokens_stop_working() {
 
 #[tokio::test]
 async fn listing_filters_and_pages() {
-    let app = test_app(None).await;
+    let app = Rig::api().await;
     let token = app.runner_token("p").await;
     for i in 1..=5 {
         let repo = if i % 2 == 0 { "o/even" } else { "o/odd" };
-        let body = seed_hook_body(&format!("job{i}"), &i.to_string(), repo, "p", "");
+        let body = design_hook_body(&format!("job{i}"), &i.to_string(), repo, "p", "");
         app.call(
             "POST",
             "/api/jobs/delegate",
@@ -321,14 +319,14 @@ async fn listing_filters_and_pages() {
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
-    let app = test_app(None).await;
+    let app = Rig::api().await;
     let h = app.call("GET", "/healthz", None, None).await;
     assert_eq!(h.status, StatusCode::OK);
     let r = app.call("GET", "/readyz", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["checks"]["store"]["ok"], true);
     let token = app.runner_token("p").await;
-    let body = seed_hook_body("build", "1", "o/r", "p", "");
+    let body = design_hook_body("build", "1", "o/r", "p", "");
     app.call(
         "POST",
         "/api/jobs/delegate",
@@ -354,9 +352,9 @@ async fn health_readiness_and_metrics() {
 async fn matrix_legs_on_one_runner_are_separate_jobs() {
     // Every leg of a matrix has the same GITHUB_JOB, run and attempt; a
     // proxy runner runs them one after the other.
-    let app = test_app(None).await;
+    let app = Rig::api().await;
     let token = app.runner_token("p").await;
-    let body = seed_hook_body("test", "77", "o/r", "p", "self-hosted");
+    let body = design_hook_body("test", "77", "o/r", "p", "self-hosted");
     let leg1 = app
         .call(
             "POST",

@@ -1,43 +1,41 @@
 //! The autoscaling path in-process: GitHub events in, containers out, with
 //! the dry-run engine recording what a real one would be asked to do.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::registry::{FakeRegistry, JIT_SECRET_PREFIX, RegistryCall};
 use proxy_runner_domain::names::network_name;
-use proxy_runner_domain::ports::{GitHubError, JobFilter, JobStore, SystemClock, WorkflowJobInfo};
+use proxy_runner_domain::ports::{GitHubError, JobFilter, JobStore, WorkflowJobInfo};
 use proxy_runner_domain::schedule::Caps;
 use proxy_runner_domain::{JobSource, JobStatus};
 use proxy_runner_orchestrator::autoscaler::{AutoscaleConfig, Autoscaler, Ingested, JobAction};
 use proxy_runner_orchestrator::dry_run::{DryRunBackend, DryRunCall};
 use proxy_runner_store::SqliteStore;
+use proxy_runner_test_support::ManualClock;
+use proxy_runner_test_support::registry::{FakeRegistry, JIT_SECRET_PREFIX, RegistryCall};
+use proxy_runner_test_support::rig::{Rig as Served, RigOptions};
 
 struct Rig {
     store: Arc<SqliteStore>,
     backend: Arc<DryRunBackend>,
     registry: Arc<FakeRegistry>,
+    clock: Arc<ManualClock>,
     scaler: Arc<Autoscaler>,
 }
 
 async fn rig(config: AutoscaleConfig) -> Rig {
-    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
-    let backend = Arc::new(DryRunBackend::new());
-    let registry = Arc::new(FakeRegistry::default());
-    let scaler = Arc::new(Autoscaler::new(
-        store.clone(),
-        backend.clone(),
-        registry.clone(),
-        Arc::new(SystemClock),
-        config,
-    ));
+    let served = Served::build(RigOptions {
+        github: true,
+        autoscale: Some(config),
+        ..Default::default()
+    })
+    .await;
     Rig {
-        store,
-        backend,
-        registry,
-        scaler,
+        scaler: served.scaler().clone(),
+        store: served.store,
+        backend: served.backend,
+        registry: served.registry,
+        clock: served.clock,
     }
 }
 
@@ -70,11 +68,14 @@ async fn queue(r: &Rig, ev: &WorkflowJobInfo, source: JobSource) -> uuid::Uuid {
     }
 }
 
-/// Runs scheduling rounds until the in-flight provisioning settles.
+/// Half a second of scheduling: rounds until nothing more starts and every
+/// start has finished, with the manual clock moved 10 ms between them (so
+/// that retry backoffs of a few milliseconds come due, and graces of more
+/// than half a second do not).
 async fn settle(r: &Rig) {
     for _ in 0..50 {
-        let _ = r.scaler.tick().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let _ = r.scaler.run_until_quiet().await;
+        r.clock.advance(Duration::from_millis(10));
     }
 }
 
@@ -332,7 +333,7 @@ async fn a_runner_started_for_one_job_may_take_another() {
 async fn a_job_whose_runner_was_taken_by_another_job_waits_for_a_free_runner_then_gets_its_own() {
     let config = AutoscaleConfig {
         max_attempts: 1,
-        handoff_grace: Duration::from_millis(1500),
+        handoff_grace: Duration::from_secs(10),
         ..AutoscaleConfig::default()
     };
     let r = rig(config).await;
@@ -372,7 +373,7 @@ async fn a_job_whose_runner_was_taken_by_another_job_waits_for_a_free_runner_the
     );
     assert_eq!(r.backend.live().len(), 1, "only B's runner is live");
     // Nobody took A within the grace: it gets a runner of its own.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    r.clock.advance(Duration::from_secs(10));
     settle(&r).await;
     let job_a = r.store.get_job(ja).await.unwrap().unwrap();
     assert_eq!(job_a.status, JobStatus::Provisioning);
@@ -682,7 +683,14 @@ async fn an_unreachable_engine_makes_jobs_wait_not_fail() {
     let r = rig(AutoscaleConfig::default()).await;
     r.backend.set_unreachable(true);
     let id = queue(&r, &info(9, "o/r", &["self-hosted"]), JobSource::Webhook).await;
-    assert!(r.scaler.tick().await.unwrap_err().contains("not ready"));
+    assert!(
+        r.scaler
+            .tick()
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("not ready")
+    );
     settle(&r).await;
     let job = r.store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Queued);
@@ -773,6 +781,7 @@ async fn reconcile_settles_running_jobs_whose_completion_never_arrived() {
         .ingest(JobAction::InProgress, &running, JobSource::Webhook)
         .await
         .unwrap();
+    r.clock.advance(Duration::from_secs(1));
     r.scaler.reconcile().await;
     assert_eq!(
         r.store.get_job(id).await.unwrap().unwrap().status,
@@ -783,6 +792,7 @@ async fn reconcile_settles_running_jobs_whose_completion_never_arrived() {
     done.status = "completed".into();
     done.conclusion = Some("failure".into());
     r.registry.github_jobs.lock().unwrap().insert(51, done);
+    r.clock.advance(Duration::from_secs(1));
     r.scaler.reconcile().await;
     let job = r.store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Completed);

@@ -1,11 +1,9 @@
 //! Every endpoint against every class of bad input: a 4xx with a JSON error
 //! naming the problem, never a 5xx, and nothing stored.
 
-mod common;
-
 use axum::http::StatusCode;
-use common::*;
 use proxy_runner_domain::ports::JobStore;
+use proxy_runner_test_support::rig::{ADMIN, Rig, design_hook_body};
 
 struct Case {
     name: &'static str,
@@ -45,10 +43,10 @@ fn case(
 
 #[tokio::test]
 async fn every_endpoint_rejects_bad_input_cleanly() {
-    let app = test_app(None).await;
+    let app = Rig::api().await;
     let runner = app.runner_token("p").await;
     let r = runner.as_str();
-    let good = seed_hook_body("build", "1", "o/r", "p", "self-hosted");
+    let good = design_hook_body("build", "1", "o/r", "p", "self-hosted");
     let big = {
         let mut v = b"{\"jobId\":\"".to_vec();
         v.extend(std::iter::repeat_n(b'x', 1024 * 1024 + 1));
@@ -68,7 +66,7 @@ async fn every_endpoint_rejects_bad_input_cleanly() {
         case("delegate bad repository", "POST", "/api/jobs/delegate", Some(r), Some(br#"{"jobId":"b","runId":"1","repository":"o r","runnerName":"p"}"#), 422, "invalid_field", "repository"),
         case("delegate mistyped labels", "POST", "/api/jobs/delegate", Some(r), Some(br#"{"jobId":"b","runId":"1","repository":"o/r","runnerName":"p","labels":{"a":1}}"#), 422, "invalid_field", "labels"),
         case("delegate mistyped environment", "POST", "/api/jobs/delegate", Some(r), Some(br#"{"jobId":"b","runId":"1","repository":"o/r","runnerName":"p","environment":"PATH=/bin"}"#), 422, "invalid_field", "environment"),
-        case("delegate for another runner", "POST", "/api/jobs/delegate", Some(r), Some(seed_hook_body("b", "1", "o/r", "other", "").as_bytes()), 403, "forbidden", "runnerName"),
+        case("delegate for another runner", "POST", "/api/jobs/delegate", Some(r), Some(design_hook_body("b", "1", "o/r", "other", "").as_bytes()), 403, "forbidden", "runnerName"),
         case("delegate body over 1 MiB", "POST", "/api/jobs/delegate", Some(r), Some(&big), 413, "body_too_large", "larger than"),
         case("delegate wrong method", "GET", "/api/jobs/delegate", Some(r), None, 405, "method_not_allowed", "not allowed"),
         // --- complete

@@ -12,14 +12,16 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use proxy_runner_domain::ports::{
     BackendError, ContainerBackend, ContainerEvent, ContainerInfo, ContainerSpec, EnvValue,
-    JobFilter, JobStore, NetworkSpec, StartedContainer, SystemClock,
+    JobFilter, JobStore, NetworkSpec, StartedContainer,
 };
 use proxy_runner_domain::{JobSource, JobStatus};
 use proxy_runner_emulator::EmulatorConfig;
 use proxy_runner_emulator::runner::{RunOptions, ShellExecutor, SimRunner};
 use proxy_runner_github::{Auth, GitHubClient, GitHubConfig};
-use proxy_runner_orchestrator::autoscaler::{AutoscaleConfig, Autoscaler, JITCONFIG_ENV};
-use proxy_runner_orchestrator::webhook::{WebhookState, routes};
+use proxy_runner_orchestrator::autoscaler::{AutoscaleConfig, JITCONFIG_ENV};
+use proxy_runner_orchestrator::config::{Config, Secret};
+use proxy_runner_orchestrator::sources::Sources;
+use proxy_runner_orchestrator::{Ports, System};
 use proxy_runner_store::SqliteStore;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast;
@@ -141,23 +143,25 @@ async fn a_queued_webhook_becomes_a_job_a_jit_config_and_a_runner_that_takes_the
         Auth::Pat(SecretString::from(pat)),
     ))
     .unwrap();
-    let scaler = Arc::new(Autoscaler::new(
-        store.clone(),
-        backend.clone(),
-        Arc::new(client),
-        Arc::new(SystemClock),
+    let mut config = Config::default();
+    config.github.webhook_secret = Secret::new(webhook_secret);
+    let system = System::build_with(
+        &config,
         AutoscaleConfig {
             tick: Duration::from_millis(50),
             ..AutoscaleConfig::default()
         },
-    ));
+        Ports {
+            store: store.clone(),
+            backend: backend.clone(),
+            registry: Some(Arc::new(client)),
+            feed: None,
+            sources: Sources::system(),
+        },
+    );
     let stop = CancellationToken::new();
-    let loops = scaler.spawn(stop.clone());
-    let router = routes(WebhookState {
-        secret: Some(SecretString::from(webhook_secret)),
-        autoscaler: Some(scaler.clone()),
-        store: store.clone(),
-    });
+    let loops = system.spawn(stop.clone());
+    let router = system.router;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let orchestrator_url = format!("http://{}", listener.local_addr().unwrap());
     let server_stop = stop.clone();

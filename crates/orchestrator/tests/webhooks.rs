@@ -1,55 +1,32 @@
 //! `POST /webhooks/github` in-process: signatures, de-duplication, GitHub's
 //! own example payloads driving job states.
 
-mod common;
-
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::registry::FakeRegistry;
-use http_body_util::BodyExt;
 use proxy_runner_domain::JobStatus;
-use proxy_runner_domain::ports::{JobStore, SystemClock};
+use proxy_runner_domain::ports::JobStore;
 use proxy_runner_github::webhooks::signature_header;
-use proxy_runner_orchestrator::autoscaler::{AutoscaleConfig, Autoscaler};
-use proxy_runner_orchestrator::dry_run::DryRunBackend;
-use proxy_runner_orchestrator::webhook::{WebhookState, routes};
-use proxy_runner_store::SqliteStore;
+use proxy_runner_test_support::fixture_json;
+use proxy_runner_test_support::rig::{Rig, RigOptions, WEBHOOK_SECRET as SECRET};
 use secrecy::SecretString;
 use serde_json::Value;
-use tower::ServiceExt;
 
-const SECRET: &str = "webhook-SECRET-for-tests";
-
+/// The served router with webhooks on.
 struct Hook {
-    router: axum::Router,
-    store: Arc<SqliteStore>,
+    rig: Rig,
 }
 
 async fn hook() -> Hook {
-    let store = Arc::new(SqliteStore::in_memory().await.unwrap());
-    let scaler = Arc::new(Autoscaler::new(
-        store.clone(),
-        Arc::new(DryRunBackend::new()),
-        Arc::new(FakeRegistry::default()),
-        Arc::new(SystemClock),
-        AutoscaleConfig::default(),
-    ));
-    let router = routes(WebhookState {
-        secret: Some(SecretString::from(SECRET)),
-        autoscaler: Some(scaler),
-        store: store.clone(),
-    });
-    Hook { router, store }
+    let rig = Rig::build(RigOptions {
+        github: true,
+        ..Default::default()
+    })
+    .await;
+    Hook { rig }
 }
 
 fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../../fixtures/github/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    fixture_json(&format!("github/{name}"))
 }
 
 impl Hook {
@@ -67,18 +44,11 @@ impl Hook {
         if let Some(s) = signature {
             req = req.header("x-hub-signature-256", s);
         }
-        let resp = self
-            .router
-            .clone()
-            .oneshot(req.body(Body::from(body.to_vec())).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let reply = self
+            .rig
+            .send(req.body(Body::from(body.to_vec())).unwrap())
+            .await;
+        (reply.status, reply.body)
     }
 
     async fn deliver(&self, event: &str, delivery: &str, payload: &Value) -> (StatusCode, Value) {
@@ -110,7 +80,8 @@ async fn signatures_are_checked_before_anything_else() {
         assert!(!reply.to_string().contains(SECRET));
     }
     assert!(
-        h.store
+        h.rig
+            .store
             .list_jobs(&Default::default())
             .await
             .unwrap()
@@ -143,7 +114,8 @@ async fn githubs_example_payloads_drive_the_right_state_changes() {
         assert_eq!(reply["outcome"], "ignored", "{name}");
     }
     assert!(
-        h.store
+        h.rig
+            .store
             .list_jobs(&Default::default())
             .await
             .unwrap()
@@ -161,7 +133,7 @@ async fn githubs_example_payloads_drive_the_right_state_changes() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{reply}");
     let id: uuid::Uuid = reply["jobId"].as_str().unwrap().parse().unwrap();
-    let job = h.store.get_job(id).await.unwrap().unwrap();
+    let job = h.rig.store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Queued);
     assert_eq!(job.github_job_id, Some(289782451));
     assert_eq!(job.run_id, 2202229078);
@@ -172,7 +144,7 @@ async fn githubs_example_payloads_drive_the_right_state_changes() {
         .deliver("workflow_job", "p", &ours("in_progress.payload.json"))
         .await;
     assert_eq!(status, StatusCode::OK);
-    let job = h.store.get_job(id).await.unwrap().unwrap();
+    let job = h.rig.store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Running);
     assert_eq!(job.runner_name.as_deref(), Some("GitHub Actions 5"));
 
@@ -184,7 +156,7 @@ async fn githubs_example_payloads_drive_the_right_state_changes() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let job = h.store.get_job(id).await.unwrap().unwrap();
+    let job = h.rig.store.get_job(id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Completed);
     assert_eq!(job.conclusion.as_deref(), Some("failure"));
 
@@ -211,7 +183,12 @@ async fn deliveries_are_deduplicated_and_other_events_acknowledged() {
     assert_eq!(s2, StatusCode::OK);
     assert_eq!(r2["outcome"], "duplicate");
     assert_eq!(
-        h.store.list_jobs(&Default::default()).await.unwrap().len(),
+        h.rig
+            .store
+            .list_jobs(&Default::default())
+            .await
+            .unwrap()
+            .len(),
         1
     );
     assert!(r1["jobId"].is_string());
@@ -265,26 +242,22 @@ async fn malformed_payloads_and_headers_get_clear_4xx() {
         .header("x-github-delivery", "x")
         .body(Body::from(body))
         .unwrap();
-    let resp = h.router.clone().oneshot(req).await.unwrap();
+    let resp = h.rig.send(req).await;
     assert_eq!(
-        resp.status(),
+        resp.status,
         StatusCode::BAD_REQUEST,
         "missing X-GitHub-Event"
     );
     let resp = h
-        .router
-        .clone()
-        .oneshot(
+        .rig
+        .send(
             Request::get("/webhooks/github")
                 .body(Body::empty())
                 .unwrap(),
         )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let v: Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!(v["error"]["code"], "method_not_allowed");
+        .await;
+    assert_eq!(resp.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.body["error"]["code"], "method_not_allowed");
     // 25 MiB + 1 is refused without reading it as JSON.
     let big = vec![b' '; 25 * 1024 * 1024 + 1];
     let (s, r) = h

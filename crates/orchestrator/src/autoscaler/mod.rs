@@ -1,0 +1,248 @@
+//! The autoscaling path: for each queued job we serve (from a webhook or the
+//! poller), mint runner credentials, ensure the repository's network and
+//! start one ephemeral runner container; follow GitHub's events and the
+//! container's exit to the end; clean up runner registrations and networks.
+//!
+//! Decisions are the domain's pure functions (`schedule`, `failure`,
+//! `runner_plan`, `Job`'s methods); the rooms here do the IO around them:
+//!
+//! - `ingest`: GitHub's job events (webhook, poll, asking GitHub) into the store;
+//! - `schedule`: which queued jobs start now, within the caps (`tick`);
+//! - `provision`: credentials, network and container of one job;
+//! - `exits`: a runner container stopped;
+//! - `networks`: repository networks, created and removed in order;
+//! - `reconcile`: what no event told us;
+//! - `loops`: the background tasks.
+
+mod exits;
+mod ingest;
+mod loops;
+mod networks;
+mod provision;
+mod reconcile;
+mod schedule;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use proxy_runner_domain::failure::RetryPolicy;
+use proxy_runner_domain::labels::LabelSet;
+use proxy_runner_domain::ports::{
+    BackendError, ContainerBackend, Hardening, JobStore, RunnerRegistry, Scope, StoreError,
+};
+use proxy_runner_domain::schedule::Caps;
+use proxy_runner_domain::sync::lock;
+use proxy_runner_domain::{Job, JobStatus};
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::audit::Auditor;
+use crate::config::Registration;
+use crate::sources::Sources;
+
+pub use ingest::{Ingested, JobAction};
+pub use proxy_runner_domain::runner_plan::JITCONFIG_ENV;
+
+/// A configured label set with its own image and hardening.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub labels: LabelSet,
+    pub image: Option<String>,
+    pub hardening: Option<Hardening>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AutoscaleConfig {
+    pub instance: String,
+    pub image: String,
+    pub network_prefix: String,
+    pub caps: Caps,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub registration: Registration,
+    pub runner_group_id: u64,
+    /// Web base for `GITHUB_URL` (`https://github.com`).
+    pub web_url: String,
+    /// Register runners at this organization instead of each repository.
+    pub organization: Option<String>,
+    /// Configured pools; empty: every job asking for `self-hosted`.
+    pub pools: Vec<Pool>,
+    pub hardening: Hardening,
+    /// A runner that has not taken a job after this long is stopped.
+    pub idle_timeout: Duration,
+    pub tick: Duration,
+    pub reconcile_every: Duration,
+    /// When a job's runner took another job, the runner started for that
+    /// other job is normally free to take this one: a new runner is started
+    /// only if none took the job within this grace.
+    pub handoff_grace: Duration,
+    /// A running job we heard nothing of for this long is checked on GitHub.
+    pub settle_after: Duration,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        AutoscaleConfig {
+            instance: "default".into(),
+            image: "github-runner:latest".into(),
+            network_prefix: "proxy-runner".into(),
+            caps: Caps {
+                global: 10,
+                per_repository: 5,
+            },
+            max_attempts: 5,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(120),
+            registration: Registration::Jit,
+            runner_group_id: 1,
+            web_url: "https://github.com".into(),
+            organization: None,
+            pools: Vec::new(),
+            hardening: Hardening::default(),
+            idle_timeout: Duration::from_secs(600),
+            tick: Duration::from_millis(500),
+            reconcile_every: Duration::from_secs(15),
+            handoff_grace: Duration::from_secs(10),
+            settle_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl AutoscaleConfig {
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            handoff_grace: self.handoff_grace,
+        }
+    }
+}
+
+/// Errors of the autoscaler's public operations.
+#[derive(Debug, thiserror::Error)]
+pub enum AutoscaleError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("container engine not ready; jobs wait: {0}")]
+    EngineNotReady(BackendError),
+    #[error("container engine: {0}")]
+    Engine(BackendError),
+    #[error("GitHub job {0} kept changing; not recorded")]
+    KeptChanging(u64),
+}
+
+pub struct Autoscaler {
+    store: Arc<dyn JobStore>,
+    backend: Arc<dyn ContainerBackend>,
+    registry: Arc<dyn RunnerRegistry>,
+    sources: Sources,
+    audit: Auditor,
+    config: AutoscaleConfig,
+    wake: Notify,
+    /// Provisioning and exit handling under way: tests and shutdown await them.
+    tasks: TaskTracker,
+    /// Jobs whose provisioning is under way, by repository (lower-case):
+    /// counted against the caps before their container shows up.
+    in_flight: Mutex<HashMap<Uuid, String>>,
+    /// Orders network creation against network removal, so that a network
+    /// is never removed between a job's `ensure_network` and its start.
+    network_lock: tokio::sync::Mutex<()>,
+    /// When each quiet running job was last asked about on GitHub.
+    last_asked: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+}
+
+impl Autoscaler {
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        backend: Arc<dyn ContainerBackend>,
+        registry: Arc<dyn RunnerRegistry>,
+        sources: Sources,
+        config: AutoscaleConfig,
+    ) -> Self {
+        Autoscaler {
+            audit: Auditor::new(store.clone(), sources.clock.clone()),
+            store,
+            backend,
+            registry,
+            sources,
+            config,
+            wake: Notify::new(),
+            tasks: TaskTracker::new(),
+            in_flight: Mutex::new(HashMap::new()),
+            network_lock: tokio::sync::Mutex::new(()),
+            last_asked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &AutoscaleConfig {
+        &self.config
+    }
+
+    /// Wakes the scheduler (a job was queued).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until no provisioning or exit handling started so far is running.
+    pub async fn idle(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.tasks.reopen();
+    }
+
+    /// Runs scheduling rounds until a round starts nothing and every start
+    /// has finished: the state a test or a benchmark inspects.
+    pub async fn run_until_quiet(self: &Arc<Self>) -> Result<(), AutoscaleError> {
+        loop {
+            let started = self.tick().await?;
+            self.idle().await;
+            if started.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The pool serving `job_labels`, or `None` when the job is not ours.
+    /// Without configured pools every job asking for `self-hosted` is ours.
+    pub fn pool_for(&self, job_labels: &[String]) -> Option<Option<&Pool>> {
+        if job_labels.is_empty() {
+            return None;
+        }
+        if self.config.pools.is_empty() {
+            return job_labels
+                .iter()
+                .any(|l| l.eq_ignore_ascii_case("self-hosted"))
+                .then_some(None);
+        }
+        self.config
+            .pools
+            .iter()
+            .find(|p| p.labels.serves(job_labels))
+            .map(Some)
+    }
+
+    fn scope_for(&self, repository: &str) -> Option<Scope> {
+        match &self.config.organization {
+            Some(org) => Some(Scope::Organization { org: org.clone() }),
+            None => Scope::repository(repository),
+        }
+    }
+
+    /// Compare-and-set write of a job read with status `expected`.
+    async fn save(&self, job: &mut Job, expected: JobStatus) -> Result<bool, StoreError> {
+        self.store.update_job(job, expected).await
+    }
+
+    fn is_in_flight(&self, id: Uuid) -> bool {
+        lock(&self.in_flight).contains_key(&id)
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.sources.clock.now()
+    }
+}

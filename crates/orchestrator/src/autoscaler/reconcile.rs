@@ -1,0 +1,161 @@
+//! What no event told us: containers that vanished unseen, provisioning cut
+//! off by a restart, runners idle past the timeout, and running jobs whose
+//! end GitHub reported to nobody. When GitHub cannot be asked, nothing is
+//! retried or stopped on a guess.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use proxy_runner_domain::failure::Failure;
+use proxy_runner_domain::ports::{ContainerInfo, JobFilter, labels as label_keys};
+use proxy_runner_domain::sync::lock;
+use proxy_runner_domain::{Job, JobStatus};
+use uuid::Uuid;
+
+use super::Autoscaler;
+use super::ingest::GitHubSays;
+use super::schedule::PAGE;
+
+impl Autoscaler {
+    /// One reconciliation pass.
+    pub async fn reconcile(&self) {
+        let Ok(provisioning) = self
+            .store
+            .list_jobs(&JobFilter {
+                status: Some(JobStatus::Provisioning),
+                limit: PAGE,
+                ..Default::default()
+            })
+            .await
+        else {
+            return;
+        };
+        // Taken after the listing: a job `tick` moves to provisioning is in
+        // `in_flight` before its status is written.
+        let in_flight: HashSet<Uuid> = lock(&self.in_flight).keys().copied().collect();
+        // Listed last: every container whose id a job above records was
+        // started before that record was written, so it shows here.
+        let Ok(live) = self.backend.list(&self.config.instance).await else {
+            return;
+        };
+        self.settle_provisioning(provisioning, &in_flight, &live)
+            .await;
+        self.stop_idle_runners(&live, &in_flight).await;
+        self.ask_about_quiet_jobs().await;
+    }
+
+    /// Provisioning jobs without a provisioner: interrupted by a restart, or
+    /// their container vanished without an event.
+    async fn settle_provisioning(
+        &self,
+        provisioning: Vec<Job>,
+        in_flight: &HashSet<Uuid>,
+        live: &[ContainerInfo],
+    ) {
+        let running: HashMap<&str, bool> =
+            live.iter().map(|c| (c.id.as_str(), c.running)).collect();
+        for job in provisioning {
+            if in_flight.contains(&job.id) {
+                continue;
+            }
+            match job.container_id.clone() {
+                None => {
+                    let failure = Failure::Wait("provisioning was interrupted".into());
+                    self.provisioning_failed(job, failure).await;
+                }
+                Some(c) if !running.get(c.as_str()).copied().unwrap_or(false) => {
+                    self.on_container_exit(&c, Some(job.id), None).await
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Stops live runner containers whose runner runs no job and has been
+    /// idle past the timeout.
+    async fn stop_idle_runners(&self, live: &[ContainerInfo], in_flight: &HashSet<Uuid>) {
+        let now = self.now();
+        for c in live.iter().filter(|c| c.running) {
+            let Some(owner_id) = c
+                .labels
+                .get(label_keys::JOB_ID)
+                .and_then(|s| Uuid::parse_str(s).ok())
+            else {
+                continue;
+            };
+            if in_flight.contains(&owner_id) {
+                continue;
+            }
+            let Ok(Some(owner)) = self.store.get_job(owner_id).await else {
+                continue;
+            };
+            if !self.runner_is_idle(c, &owner, now).await {
+                continue;
+            }
+            // No event said the runner took its job, but events can be lost
+            // (and polling only sees queued jobs): GitHub decides.
+            if owner.status == JobStatus::Provisioning
+                && owner.container_id.as_deref() == Some(c.id.as_str())
+                && self.settle_from_github(&owner).await != GitHubSays::NotStarted
+            {
+                continue;
+            }
+            tracing::warn!(job = %owner.id, container = %c.id, "runner idle past the timeout; stopping it");
+            let _ = self.backend.stop(&c.id, Duration::from_secs(10)).await;
+        }
+    }
+
+    /// Whether the runner in `c`, started for `owner`, runs no job and has
+    /// been idle past the timeout.
+    async fn runner_is_idle(&self, c: &ContainerInfo, owner: &Job, now: DateTime<Utc>) -> bool {
+        let serving_other = matches!(
+            self.store.find_job_ran_in_container(&c.id).await,
+            Ok(Some(other)) if !other.status.is_terminal()
+        );
+        let serving_own = owner.container_id.as_deref() == Some(c.id.as_str())
+            && owner.status == JobStatus::Running
+            && owner.ran_in_container_id.is_none();
+        let idle_for = (now - owner.updated_at).to_std().unwrap_or_default();
+        !(serving_other || serving_own || idle_for <= self.config.idle_timeout)
+    }
+
+    /// Running jobs GitHub may have finished without a webhook reaching us;
+    /// each is asked at most once per `settle_after`.
+    async fn ask_about_quiet_jobs(&self) {
+        let now = self.now();
+        let settle_after = chrono::Duration::from_std(self.config.settle_after).unwrap_or_default();
+        let mut after = None;
+        loop {
+            let Ok(page) = self
+                .store
+                .list_jobs(&JobFilter {
+                    status: Some(JobStatus::Running),
+                    after,
+                    limit: PAGE,
+                    ..Default::default()
+                })
+                .await
+            else {
+                return;
+            };
+            after = page.last().map(|j| j.id);
+            let last_page = page.len() < PAGE;
+            for job in page {
+                let quiet = now - job.updated_at > settle_after;
+                let asked_lately = lock(&self.last_asked)
+                    .get(&job.id)
+                    .is_some_and(|t| now - *t < settle_after);
+                if job.github_job_id.is_some() && quiet && !asked_lately {
+                    lock(&self.last_asked).insert(job.id, now);
+                    self.settle_from_github(&job).await;
+                }
+            }
+            if last_page {
+                break;
+            }
+        }
+        // Forget jobs that are no longer running.
+        lock(&self.last_asked).retain(|_, t| now - *t < settle_after * 2);
+    }
+}

@@ -1,0 +1,128 @@
+//! One scheduling round: which queued jobs start now, within the caps.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proxy_runner_domain::ports::{BackendError, JobFilter, labels as label_keys};
+use proxy_runner_domain::schedule::{Waiting, pick_jobs_to_start};
+use proxy_runner_domain::sync::lock;
+use proxy_runner_domain::{Job, JobSource, JobStatus};
+use uuid::Uuid;
+
+use super::{AutoscaleError, Autoscaler};
+use crate::metrics as m;
+
+/// Page size of the store listings the autoscaler walks.
+pub(super) const PAGE: usize = 500;
+
+impl Autoscaler {
+    /// One scheduling round: starts as many queued jobs as the caps allow.
+    /// Returns the ids whose provisioning was started.
+    pub async fn tick(self: &Arc<Self>) -> Result<Vec<Uuid>, AutoscaleError> {
+        if let Err(e) = self.backend.ping().await {
+            metrics::gauge!(m::BACKEND_UP).set(0.0);
+            return Err(AutoscaleError::EngineNotReady(e));
+        }
+        metrics::gauge!(m::BACKEND_UP).set(1.0);
+        let queued = self.queued_github_jobs().await?;
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
+        let live = self.live_counts().await.map_err(AutoscaleError::Engine)?;
+        let waiting: Vec<Waiting> = queued
+            .iter()
+            .filter(|j| !self.is_in_flight(j.id))
+            .map(|j| Waiting {
+                id: j.id,
+                repository: j.repository.clone(),
+                created_at: j.created_at,
+                not_before: j.not_before,
+            })
+            .collect();
+        let picked = pick_jobs_to_start(&waiting, &live, self.config.caps, self.now());
+        let mut started = Vec::new();
+        for id in picked {
+            let Some(job) = queued.iter().find(|j| j.id == id).cloned() else {
+                continue;
+            };
+            if self.start_provisioning(job).await? {
+                started.push(id);
+            }
+        }
+        Ok(started)
+    }
+
+    /// Queued jobs that came from GitHub (hook jobs are already running on
+    /// their proxy runner), all pages.
+    async fn queued_github_jobs(&self) -> Result<Vec<Job>, AutoscaleError> {
+        let mut queued = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_jobs(&JobFilter {
+                    status: Some(JobStatus::Queued),
+                    repository: None,
+                    after,
+                    limit: PAGE,
+                })
+                .await?;
+            let done = page.len() < PAGE;
+            after = page.last().map(|j| j.id);
+            queued.extend(page.into_iter().filter(|j| j.source != JobSource::Hook));
+            if done {
+                return Ok(queued);
+            }
+        }
+    }
+
+    /// Records the job as provisioning and starts its provisioning task.
+    /// False when another writer moved the job first.
+    async fn start_provisioning(self: &Arc<Self>, mut job: Job) -> Result<bool, AutoscaleError> {
+        if job.start_provisioning(self.now()).is_err() {
+            return Ok(false);
+        }
+        // In flight before the write, so `reconcile` never sees it as
+        // provisioning without a provisioner.
+        lock(&self.in_flight).insert(job.id, job.repository.to_ascii_lowercase());
+        let saved = self.save(&mut job, JobStatus::Queued).await;
+        if !matches!(saved, Ok(true)) {
+            lock(&self.in_flight).remove(&job.id);
+            return saved.map_err(AutoscaleError::from);
+        }
+        let this = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let (id, repository) = (job.id, job.repository.clone());
+            let started = this.provision(job).await;
+            lock(&this.in_flight).remove(&id);
+            if !started {
+                // The network may have been created for nothing.
+                this.remove_network_when_unused(&repository).await;
+            }
+        });
+        Ok(true)
+    }
+
+    /// Live containers per repository (lower-case), counting in-flight starts.
+    async fn live_counts(&self) -> Result<BTreeMap<String, usize>, BackendError> {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        // In-flight first: a start that finishes after this snapshot has its
+        // container in the listing below. Only `tick` adds to the set.
+        let in_flight = lock(&self.in_flight).clone();
+        let containers = self.backend.list(&self.config.instance).await?;
+        // Every running container counts, also one still running another
+        // job for a job that is being provisioned again (a hand-off); a
+        // container whose start races this count is counted twice for a
+        // moment, which errs on the side of the caps.
+        for c in containers.iter().filter(|c| c.running) {
+            if let Some(repo) = c.labels.get(label_keys::REPOSITORY) {
+                *counts.entry(repo.to_ascii_lowercase()).or_default() += 1;
+            }
+        }
+        for repo in in_flight.values() {
+            *counts.entry(repo.clone()).or_default() += 1;
+        }
+        metrics::gauge!(m::LIVE_CONTAINERS).set(counts.values().sum::<usize>() as f64);
+        Ok(counts)
+    }
+}
