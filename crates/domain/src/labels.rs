@@ -18,7 +18,7 @@ pub enum LabelError {
     TooMany,
 }
 
-/// Labels as they arrive: the seed's hook sends one comma-separated string,
+/// Labels as they arrive: the design's hook sends one comma-separated string,
 /// other callers send an array.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -116,7 +116,7 @@ mod tests {
     }
 
     #[test]
-    fn joined_string_as_the_seed_hook_sends_it() {
+    fn joined_string_as_the_design_hook_sends_it() {
         let l: Labels = serde_json::from_str(r#""self-hosted, linux ,x64,,""#).unwrap();
         assert_eq!(
             l.parse().unwrap().into_vec(),
