@@ -1,11 +1,12 @@
-//! `workflow_job` webhooks: signature check, payload parsing, and the label
-//! rule deciding which jobs are ours.
+//! `workflow_job` webhooks: signature check, payload parsing, and which jobs
+//! are ours by their labels (GitHub's matching rule itself lives in the
+//! domain crate: [`runner_matches`]).
 //!
 //! GitHub adds fields and enum values over time, so parsing ignores unknown
 //! fields and keeps unknown values instead of rejecting them.
 
 use hmac::{Hmac, KeyInit, Mac};
-use proxy_runner_domain::labels::{LabelError, LabelSet};
+use proxy_runner_domain::labels::{LabelError, LabelSet, runner_matches};
 use proxy_runner_domain::ports::{Scope, WorkflowJobInfo};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
@@ -238,15 +239,16 @@ pub fn parse_workflow_job_event(body: &[u8]) -> Result<WorkflowJobEvent, Webhook
     })
 }
 
-/// Which jobs proxy-runner takes, judged by their `runs-on` labels.
+/// Which jobs proxy-runner takes, judged by their `runs-on` labels. A policy
+/// over the domain's rule, not a rule of its own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ServedLabels {
     /// Every job asking for `self-hosted` (case-insensitive); its runner is
     /// registered with exactly the job's labels.
     #[default]
     AnySelfHosted,
-    /// Configured runner label sets: a job is ours when one set carries every
-    /// label it asks for (GitHub's own rule); the first such set wins.
+    /// Configured runner label sets: a job is ours when a runner carrying one
+    /// set may take it ([`runner_matches`]); the first such set wins.
     Sets(Vec<LabelSet>),
 }
 
@@ -278,7 +280,10 @@ impl ServedLabels {
         }
         match self {
             ServedLabels::AnySelfHosted => job.contains("self-hosted").then_some(job),
-            ServedLabels::Sets(sets) => sets.iter().find(|s| s.serves(job.as_slice())).cloned(),
+            ServedLabels::Sets(sets) => sets
+                .iter()
+                .find(|set| runner_matches(set.as_slice(), job.as_slice()))
+                .cloned(),
         }
     }
 
