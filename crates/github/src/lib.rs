@@ -27,15 +27,16 @@
 //! # Ok(()) }
 //! ```
 
-mod auth;
 pub mod breaker;
+mod call;
 pub mod client;
 pub mod config;
+mod layers;
+mod locks;
 pub mod metrics;
 mod model;
 pub mod polling;
 pub mod rate_limit;
-mod request;
 pub mod webhooks;
 
 pub use breaker::CircuitState;
