@@ -1,5 +1,7 @@
 //! Runner labels: parsing what hooks and webhooks send, and GitHub's matching
-//! rule (a runner must carry every label the job asks for; case does not count).
+//! rule (a runner must carry every label the job asks for; case does not
+//! count). [`runner_matches`] is that rule, and the only copy of it: the
+//! orchestrator, the GitHub crate and the emulator all decide through it.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +20,7 @@ pub enum LabelError {
     TooMany,
 }
 
-/// Labels as they arrive: the seed's hook sends one comma-separated string,
+/// Labels as they arrive: the design's hook sends one comma-separated string,
 /// other callers send an array.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -58,7 +60,7 @@ impl LabelSet {
                     label.escape_debug().to_string(),
                 ));
             }
-            if !out.iter().any(|l| l.eq_ignore_ascii_case(label)) {
+            if !out.iter().any(|l| same_label(l, label)) {
                 out.push(label.to_string());
             }
             if out.len() > MAX_LABELS {
@@ -81,13 +83,13 @@ impl LabelSet {
     }
 
     pub fn contains(&self, label: &str) -> bool {
-        self.0.iter().any(|l| l.eq_ignore_ascii_case(label))
+        self.0.iter().any(|l| same_label(l, label))
     }
 
-    /// GitHub's rule: a runner with `self` labels can take a job asking for
-    /// `job` labels when it carries every one of them.
+    /// Whether a runner carrying these labels may take a job asking for
+    /// `job` ([`runner_matches`]).
     pub fn serves(&self, job: &[String]) -> bool {
-        job.iter().all(|l| self.contains(l))
+        runner_matches(&self.0, job)
     }
 
     /// Adds labels that are not already present (ignoring case).
@@ -100,11 +102,18 @@ impl LabelSet {
     }
 }
 
-/// Whether a runner carrying `runner_labels` may take a job asking for `job_labels`.
+/// Whether two spellings name the same label: GitHub ignores case.
+pub fn same_label(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// GitHub's rule: a runner carrying `runner_labels` may take a job asking for
+/// `job_labels` when it carries every one of them ([`same_label`]). Extra
+/// runner labels do not matter; a job asking for nothing matches any runner.
 pub fn runner_matches(runner_labels: &[String], job_labels: &[String]) -> bool {
     job_labels
         .iter()
-        .all(|j| runner_labels.iter().any(|r| r.eq_ignore_ascii_case(j)))
+        .all(|j| runner_labels.iter().any(|r| same_label(r, j)))
 }
 
 #[cfg(test)]
@@ -116,7 +125,7 @@ mod tests {
     }
 
     #[test]
-    fn joined_string_as_the_seed_hook_sends_it() {
+    fn joined_string_as_the_design_hook_sends_it() {
         let l: Labels = serde_json::from_str(r#""self-hosted, linux ,x64,,""#).unwrap();
         assert_eq!(
             l.parse().unwrap().into_vec(),
@@ -176,6 +185,23 @@ mod tests {
         let set = LabelSet::parse_list(runner.iter().map(String::as_str)).unwrap();
         assert!(set.serves(&v(&["GPU"])));
         assert!(!set.serves(&v(&["ubuntu-latest"])));
+    }
+
+    #[test]
+    fn one_rule_behind_every_spelling_of_the_question() {
+        assert!(same_label("Self-Hosted", "self-hosted"));
+        assert!(!same_label("linux", "linux64"));
+        let runner = v(&["self-hosted", "linux"]);
+        let set = LabelSet::parse_list(runner.iter().map(String::as_str)).unwrap();
+        for job in [
+            v(&[]),
+            v(&["SELF-HOSTED"]),
+            v(&["linux", "self-hosted"]),
+            v(&["self-hosted", "gpu"]),
+            v(&["windows"]),
+        ] {
+            assert_eq!(set.serves(&job), runner_matches(&runner, &job), "{job:?}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use proxy_runner_domain::labels::same_label;
 use proxy_runner_domain::names::parse_repository;
 use proxy_runner_domain::ports::Scope;
 use secrecy::ExposeSecret as _;
@@ -381,7 +382,7 @@ fn check_jit_body(body: &Value) -> Result<(String, u64, Vec<String>), Vec<String
                             && l.chars().count() <= MAX_LABEL_LEN
                             && !l.chars().any(char::is_control) =>
                     {
-                        if !out.iter().any(|x| x.eq_ignore_ascii_case(l)) {
+                        if !out.iter().any(|x| same_label(x, l)) {
                             out.push(l.to_string());
                         }
                     }

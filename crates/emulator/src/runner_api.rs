@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
+use proxy_runner_domain::labels::same_label;
 use proxy_runner_domain::names::parse_repository;
 use proxy_runner_domain::ports::Scope;
 use secrecy::{ExposeSecret as _, SecretString};
@@ -171,7 +172,7 @@ async fn register(
         if l.is_empty() || l.chars().count() > 255 || l.chars().any(char::is_control) {
             return Err(fail(StatusCode::UNPROCESSABLE_ENTITY, "invalid label"));
         }
-        if !labels.iter().any(|x| x.eq_ignore_ascii_case(l)) {
+        if !labels.iter().any(|x| same_label(x, l)) {
             labels.push(l.to_string());
         }
     }

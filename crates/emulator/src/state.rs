@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use proxy_runner_domain::labels::runner_matches;
+use proxy_runner_domain::labels::{runner_matches, same_label};
 use proxy_runner_domain::ports::Scope;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
@@ -429,10 +429,10 @@ impl World {
         }
         let mut runner_labels: Vec<RunnerLabel> = Vec::new();
         for l in labels {
-            if runner_labels.iter().any(|x| x.name.eq_ignore_ascii_case(l)) {
+            if runner_labels.iter().any(|x| same_label(&x.name, l)) {
                 continue;
             }
-            let read_only = READ_ONLY_LABELS.iter().any(|r| r.eq_ignore_ascii_case(l));
+            let read_only = READ_ONLY_LABELS.iter().any(|r| same_label(r, l));
             let label = self.label(l, read_only);
             runner_labels.push(label);
         }
@@ -555,7 +555,8 @@ impl World {
     }
 
     /// Hands the oldest queued job this runner may take to it: same
-    /// repository (or organization), every job label carried.
+    /// repository (or organization), and GitHub's label rule
+    /// ([`runner_matches`]).
     pub fn assign(
         &mut self,
         shared: &Arc<Shared>,

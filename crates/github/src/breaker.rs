@@ -97,7 +97,7 @@ impl CircuitBreaker {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means a panic elsewhere; the state is still valid.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        proxy_runner_domain::sync::lock(&self.state)
     }
 
     fn public(state: &State) -> CircuitState {

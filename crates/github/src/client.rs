@@ -1,14 +1,12 @@
 //! The REST client and the runner / workflow-job endpoints proxy-runner
-//! uses. How one request is sent (retries, rate limits, breaker) is in
-//! `request`; credentials are in `auth`.
+//! uses. Each endpoint builds a [`Call`] and hands it to the layered stack
+//! (`layers`), which sends it well: credentials, retries, rate limits and
+//! the circuit breaker.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use backon::BackoffBuilder;
 use http::header::{ACCEPT, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use proxy_runner_domain::ports::{
@@ -19,17 +17,17 @@ use reqwest::Url;
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tower::ServiceExt;
 
-use crate::auth::Credentials;
-use crate::breaker::{CircuitBreaker, CircuitState};
+use crate::breaker::CircuitState;
+use crate::call::{Call, CallAuth, Repeat, Reply, api_url, decode, scope_path, status_error};
 use crate::config::GitHubConfig;
-use crate::metrics as m;
+use crate::layers::{self, Credentials, HttpSend, Shared, Stack};
 use crate::model::{
     ApiJob, ApiRunner, JitConfigResponse, JobPage, RunPage, RunnerPage, TokenResponse,
     WorkflowRunInfo,
 };
 use crate::rate_limit::RateLimit;
-use crate::request::{Call, CallAuth, Repeat, Reply, decode, next_link, status_error};
 
 /// The API version this client is written against.
 pub const API_VERSION: &str = "2022-11-28";
@@ -44,24 +42,17 @@ pub struct GitHubClient {
 }
 
 struct Inner {
-    http: reqwest::Client,
     base: Url,
     config: GitHubConfig,
-    credentials: Credentials,
-    breakers: Mutex<HashMap<String, Arc<CircuitBreaker>>>,
-    rate_limits: Mutex<HashMap<String, RateLimit>>,
-    last_rate_limit: Mutex<Option<RateLimit>>,
+    stack: Stack,
+    shared: Shared,
 }
 
 impl fmt::Debug for GitHubClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let auth = match &self.inner.credentials {
-            Credentials::Pat(_) => "pat".to_string(),
-            Credentials::App(app) => format!("app {}", app.app_id),
-        };
         f.debug_struct("GitHubClient")
             .field("api_url", &self.inner.base.as_str())
-            .field("auth", &auth)
+            .field("auth", &self.inner.shared.credentials.kind())
             .finish_non_exhaustive()
     }
 }
@@ -110,15 +101,15 @@ impl GitHubClient {
             .build()
             .map_err(|e| GitHubError::Transport(format!("cannot build the HTTP client: {e}")))?;
 
+        let shared = Shared::new(&config, credentials);
+        let send = HttpSend::new(http, config.attempt_timeout, config.max_response_bytes);
+        let stack = layers::stack(send, base.clone(), &config, &shared);
         Ok(GitHubClient {
             inner: Arc::new(Inner {
-                http,
                 base,
                 config,
-                credentials,
-                breakers: Mutex::new(HashMap::new()),
-                rate_limits: Mutex::new(HashMap::new()),
-                last_rate_limit: Mutex::new(None),
+                stack,
+                shared,
             }),
         })
     }
@@ -130,29 +121,17 @@ impl GitHubClient {
 
     /// The last budget GitHub reported for `resource` (`core` for REST).
     pub fn rate_limit(&self, resource: &str) -> Option<RateLimit> {
-        lock(&self.inner.rate_limits).get(resource).cloned()
+        self.inner.shared.rate_limits.get(resource)
     }
 
     /// The budget reported by the most recent response that carried one.
     pub fn last_rate_limit(&self) -> Option<RateLimit> {
-        lock(&self.inner.last_rate_limit).clone()
+        self.inner.shared.rate_limits.last()
     }
 
     /// State of the circuit breaker for the API host.
     pub fn circuit_state(&self) -> CircuitState {
-        self.breaker_for(&self.inner.base).state()
-    }
-
-    pub(crate) fn config(&self) -> &GitHubConfig {
-        &self.inner.config
-    }
-
-    pub(crate) fn credentials(&self) -> &Credentials {
-        &self.inner.credentials
-    }
-
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.inner.http
+        self.inner.shared.breakers.state(&self.inner.base)
     }
 
     // ------------------------------------------------------------ runners
@@ -164,9 +143,7 @@ impl GitHubClient {
     ) -> Result<RunnerInfo, GitHubError> {
         let id = runner_id.to_string();
         let url = self.url(&scope_path(scope, &["actions", "runners", &id]), &[])?;
-        let runner: ApiRunner = self
-            .call_json(Call::get(url, "get_runner", CallAuth::Scope(scope)))
-            .await?;
+        let runner: ApiRunner = self.call_json(self.get(url, "get_runner", scope)).await?;
         Ok(runner.into())
     }
 
@@ -196,14 +173,9 @@ impl GitHubClient {
         }
         let url = self.url(&scope_path(scope, &["actions", "runners"]), &query)?;
         let mut out = Vec::new();
-        self.for_each_page(
-            url,
-            "list_runners",
-            CallAuth::Scope(scope),
-            |page: RunnerPage| {
-                out.extend(page.runners.into_iter().map(RunnerInfo::from));
-            },
-        )
+        self.for_each_page(url, "list_runners", scope, |page: RunnerPage| {
+            out.extend(page.runners.into_iter().map(RunnerInfo::from));
+        })
         .await?;
         Ok(out)
     }
@@ -213,14 +185,7 @@ impl GitHubClient {
     pub async fn delete_runner(&self, scope: &Scope, runner_id: u64) -> Result<(), GitHubError> {
         let id = runner_id.to_string();
         let url = self.url(&scope_path(scope, &["actions", "runners", &id]), &[])?;
-        let call = Call {
-            method: Method::DELETE,
-            url,
-            endpoint: "delete_runner",
-            auth: CallAuth::Scope(scope),
-            body: None,
-            repeat: Repeat::Idempotent,
-        };
+        let call = self.call(Method::DELETE, url, "delete_runner", scope);
         self.call_empty(call).await
     }
 
@@ -278,15 +243,11 @@ impl GitHubClient {
             "labels": request.labels,
             "work_folder": request.work_folder,
         });
-        let call = Call {
-            method: Method::POST,
-            url,
-            endpoint: "generate_jitconfig",
-            auth: CallAuth::Scope(scope),
-            body: Some(body),
-            repeat: Repeat::Safe,
-        };
-        self.execute(&call, self.deadline()).await
+        let call = self
+            .call(Method::POST, url, "generate_jitconfig", scope)
+            .with_body(body)
+            .with_repeat(Repeat::Safe);
+        self.execute(call).await
     }
 
     /// A token for `config.sh --token` (expires in an hour).
@@ -314,14 +275,9 @@ impl GitHubClient {
         endpoint: &'static str,
     ) -> Result<RegistrationToken, GitHubError> {
         let url = self.url(&scope_path(scope, &["actions", "runners", segment]), &[])?;
-        let call = Call {
-            method: Method::POST,
-            url,
-            endpoint,
-            auth: CallAuth::Scope(scope),
-            body: None,
-            repeat: Repeat::Safe,
-        };
+        let call = self
+            .call(Method::POST, url, endpoint, scope)
+            .with_repeat(Repeat::Safe);
         let token: TokenResponse = self.call_json(call).await?;
         Ok(RegistrationToken {
             token: SecretString::from(token.token),
@@ -340,9 +296,7 @@ impl GitHubClient {
         let scope = repo_scope(owner, repo);
         let id = job_id.to_string();
         let url = self.url(&scope_path(&scope, &["actions", "jobs", &id]), &[])?;
-        let job: ApiJob = self
-            .call_json(Call::get(url, "get_job", CallAuth::Scope(&scope)))
-            .await?;
+        let job: ApiJob = self.call_json(self.get(url, "get_job", &scope)).await?;
         Ok(job.into_info(&format!("{owner}/{repo}")))
     }
 
@@ -363,12 +317,9 @@ impl GitHubClient {
             ],
         )?;
         let mut out = Vec::new();
-        self.for_each_page(
-            url,
-            "list_runs",
-            CallAuth::Scope(&scope),
-            |page: RunPage| out.extend(page.workflow_runs),
-        )
+        self.for_each_page(url, "list_runs", &scope, |page: RunPage| {
+            out.extend(page.workflow_runs)
+        })
         .await?;
         Ok(out)
     }
@@ -388,12 +339,9 @@ impl GitHubClient {
         )?;
         let full_name = format!("{owner}/{repo}");
         let mut out = Vec::new();
-        self.for_each_page(
-            url,
-            "list_run_jobs",
-            CallAuth::Scope(&scope),
-            |page: JobPage| out.extend(page.jobs.into_iter().map(|j| j.into_info(&full_name))),
-        )
+        self.for_each_page(url, "list_run_jobs", &scope, |page: JobPage| {
+            out.extend(page.jobs.into_iter().map(|j| j.into_info(&full_name)))
+        })
         .await?;
         Ok(out)
     }
@@ -423,14 +371,9 @@ impl GitHubClient {
         let scope = repo_scope(owner, repo);
         let id = job_id.to_string();
         let url = self.url(&scope_path(&scope, &["actions", "jobs", &id, "rerun"]), &[])?;
-        let call = Call {
-            method: Method::POST,
-            url,
-            endpoint: "rerun_job",
-            auth: CallAuth::Scope(&scope),
-            body: None,
-            repeat: Repeat::Once,
-        };
+        let call = self
+            .call(Method::POST, url, "rerun_job", &scope)
+            .with_repeat(Repeat::Once);
         self.call_empty(call).await
     }
 
@@ -445,38 +388,45 @@ impl GitHubClient {
     }
 
     /// `base` + path segments (each percent-encoded) + query.
-    pub(crate) fn url(
-        &self,
-        segments: &[&str],
-        query: &[(&str, String)],
-    ) -> Result<Url, GitHubError> {
-        let mut url = self.inner.base.clone();
-        {
-            let mut path = url
-                .path_segments_mut()
-                .map_err(|_| GitHubError::Validation("GitHub API URL cannot be a base".into()))?;
-            path.pop_if_empty();
-            path.extend(segments);
-        }
-        if !query.is_empty() {
-            url.query_pairs_mut()
-                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
-        }
-        Ok(url)
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Url, GitHubError> {
+        api_url(&self.inner.base, segments, query)
     }
 
-    async fn call_json<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T, GitHubError> {
-        let reply = self.execute(&call, self.deadline()).await?;
-        if !reply.status.is_success() {
-            return Err(status_error(call.endpoint, &reply));
-        }
-        decode(&reply.body, call.endpoint)
+    /// A call with the scope's credential and a fresh deadline.
+    fn call(&self, method: Method, url: Url, endpoint: &'static str, scope: &Scope) -> Call {
+        Call::new(
+            method,
+            url,
+            endpoint,
+            CallAuth::Scope(scope.clone()),
+            self.deadline(),
+        )
     }
 
-    async fn call_empty(&self, call: Call<'_>) -> Result<(), GitHubError> {
-        let reply = self.execute(&call, self.deadline()).await?;
+    fn get(&self, url: Url, endpoint: &'static str, scope: &Scope) -> Call {
+        self.call(Method::GET, url, endpoint, scope)
+    }
+
+    /// Sends a call through the stack. Non-2xx answers come back as they
+    /// are; callers map them with [`status_error`].
+    async fn execute(&self, call: Call) -> Result<Reply, GitHubError> {
+        Ok(self.inner.stack.clone().oneshot(call).await?)
+    }
+
+    async fn call_json<T: DeserializeOwned>(&self, call: Call) -> Result<T, GitHubError> {
+        let endpoint = call.endpoint;
+        let reply = self.execute(call).await?;
         if !reply.status.is_success() {
-            return Err(status_error(call.endpoint, &reply));
+            return Err(status_error(endpoint, &reply));
+        }
+        decode(&reply.body, endpoint)
+    }
+
+    async fn call_empty(&self, call: Call) -> Result<(), GitHubError> {
+        let endpoint = call.endpoint;
+        let reply = self.execute(call).await?;
+        if !reply.status.is_success() {
+            return Err(status_error(endpoint, &reply));
         }
         Ok(())
     }
@@ -486,7 +436,7 @@ impl GitHubClient {
         &self,
         first: Url,
         endpoint: &'static str,
-        auth: CallAuth<'_>,
+        scope: &Scope,
         mut each: impl FnMut(T),
     ) -> Result<(), GitHubError> {
         let mut next = Some(first);
@@ -499,9 +449,7 @@ impl GitHubClient {
                     message: format!("{endpoint}: more than {MAX_PAGES} pages; giving up"),
                 });
             }
-            let reply = self
-                .execute(&Call::get(url, endpoint, auth), self.deadline())
-                .await?;
+            let reply = self.execute(self.get(url, endpoint, scope)).await?;
             if !reply.status.is_success() {
                 return Err(status_error(endpoint, &reply));
             }
@@ -525,46 +473,6 @@ impl GitHubClient {
             }
         }
         Ok(())
-    }
-
-    pub(crate) fn breaker_for(&self, url: &Url) -> Arc<CircuitBreaker> {
-        let host = match url.port() {
-            Some(port) => format!("{}:{port}", url.host_str().unwrap_or("")),
-            None => url.host_str().unwrap_or("").to_string(),
-        };
-        let mut breakers = lock(&self.inner.breakers);
-        breakers
-            .entry(host.clone())
-            .or_insert_with(|| CircuitBreaker::new(host, self.inner.config.breaker.clone()))
-            .clone()
-    }
-
-    pub(crate) fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        let retry = &self.inner.config.retry;
-        backon::ExponentialBuilder::default()
-            .with_min_delay(retry.min_delay)
-            .with_max_delay(retry.max_delay)
-            .with_max_times(retry.max_retries)
-            .with_jitter()
-            .build()
-    }
-
-    pub(crate) fn observe_rate_limit(&self, headers: &HeaderMap) {
-        let Some(rl) = RateLimit::from_headers(headers) else {
-            return;
-        };
-        metrics::gauge!(m::RATE_LIMIT_REMAINING, "resource" => rl.resource.clone())
-            .set(rl.remaining as f64);
-        if rl.remaining_fraction() < 0.1 {
-            tracing::debug!(
-                resource = %rl.resource,
-                remaining = rl.remaining,
-                limit = rl.limit,
-                "GitHub rate limit running low"
-            );
-        }
-        lock(&self.inner.rate_limits).insert(rl.resource.clone(), rl.clone());
-        *lock(&self.inner.last_rate_limit) = Some(rl);
     }
 }
 
@@ -614,11 +522,6 @@ impl RunnerRegistry for GitHubClient {
 
 // ---------------------------------------------------------------- helpers
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means a panic elsewhere; the data is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn is_loopback(url: &Url) -> bool {
     let host = url.host_str().unwrap_or("");
     let bare = host.trim_start_matches('[').trim_end_matches(']');
@@ -635,14 +538,33 @@ fn repo_scope(owner: &str, repo: &str) -> Scope {
     }
 }
 
-/// `repos/{owner}/{repo}/...` or `orgs/{org}/...` as separate segments.
-pub(crate) fn scope_path<'a>(scope: &'a Scope, rest: &[&'a str]) -> Vec<&'a str> {
-    let mut out: Vec<&str> = match scope {
-        Scope::Repository { owner, repo } => vec!["repos", owner, repo],
-        Scope::Organization { org } => vec!["orgs", org],
-    };
-    out.extend_from_slice(rest);
-    out
+/// The `rel="next"` target of a `Link` header, if any.
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all(http::header::LINK) {
+        let Ok(value) = value.to_str() else { continue };
+        let mut rest = value;
+        while let Some(open) = rest.find('<') {
+            let after = &rest[open + 1..];
+            let close = after.find('>')?;
+            let target = &after[..close];
+            let params_end = after[close + 1..]
+                .find('<')
+                .map(|i| close + 1 + i)
+                .unwrap_or(after.len());
+            let params = &after[close + 1..params_end];
+            let is_next = params.split(';').any(|p| {
+                let p = p.trim().trim_end_matches(',').trim();
+                p.strip_prefix("rel=")
+                    .map(|v| v.trim_matches('"').split_whitespace().any(|r| r == "next"))
+                    .unwrap_or(false)
+            });
+            if is_next {
+                return Some(target.to_string());
+            }
+            rest = &after[params_end..];
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -680,6 +602,38 @@ mod tests {
                 .unwrap();
             assert_eq!(url.as_str(), want);
         }
+    }
+
+    fn link(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::LINK, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn next_link_parsing() {
+        assert_eq!(
+            next_link(&link(
+                r#"<https://api.github.com/resource?page=2>; rel="next", <https://api.github.com/resource?page=5>; rel="last""#
+            ))
+            .as_deref(),
+            Some("https://api.github.com/resource?page=2")
+        );
+        assert_eq!(
+            next_link(&link(
+                r#"<https://x/r?page=1>; rel="prev", <https://x/r?a=1,2&page=3>; rel="next""#
+            ))
+            .as_deref(),
+            Some("https://x/r?a=1,2&page=3")
+        );
+        assert_eq!(
+            next_link(&link(
+                r#"<https://x/r?page=1>; rel="first", <https://x/r?page=1>; rel="prev""#
+            )),
+            None
+        );
+        assert_eq!(next_link(&link("garbage <no close")), None);
+        assert_eq!(next_link(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -27,15 +27,15 @@
 //! # Ok(()) }
 //! ```
 
-mod auth;
 pub mod breaker;
+mod call;
 pub mod client;
 pub mod config;
+mod layers;
 pub mod metrics;
 mod model;
 pub mod polling;
 pub mod rate_limit;
-mod request;
 pub mod webhooks;
 
 pub use breaker::CircuitState;
@@ -45,8 +45,8 @@ pub use model::WorkflowRunInfo;
 pub use polling::{PollError, PollOutcome, Poller, pacing, poll_queued};
 pub use rate_limit::RateLimit;
 pub use webhooks::{
-    ServedLabels, SignatureError, WebhookError, WorkflowJobAction, WorkflowJobEvent,
-    parse_workflow_job_event, verify_signature,
+    SignatureError, WebhookError, WorkflowJobAction, WorkflowJobEvent, parse_workflow_job_event,
+    verify_signature,
 };
 
 pub use proxy_runner_domain::ports::GitHubError;

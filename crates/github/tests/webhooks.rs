@@ -3,11 +3,9 @@
 
 mod common;
 
-use proxy_runner_domain::LabelSet;
 use proxy_runner_github::webhooks::signature_header;
 use proxy_runner_github::{
-    ServedLabels, SignatureError, WebhookError, WorkflowJobAction, parse_workflow_job_event,
-    verify_signature,
+    SignatureError, WebhookError, WorkflowJobAction, parse_workflow_job_event, verify_signature,
 };
 use secrecy::SecretString;
 
@@ -263,47 +261,4 @@ fn bad_payloads_are_errors_not_panics() {
     let event = parse_workflow_job_event(minimal).unwrap();
     assert_eq!(event.job.labels, Vec::<String>::new());
     assert_eq!(event.job.run_attempt, 1);
-}
-
-fn v(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
-#[test]
-fn default_served_labels_take_every_self_hosted_job() {
-    let served = ServedLabels::default();
-    assert!(served.serves(&v(&["self-hosted", "k8s"])));
-    assert!(served.serves(&v(&["Self-Hosted"])));
-    assert!(!served.serves(&v(&["ubuntu-latest"])));
-    assert!(!served.serves(&[]));
-    assert_eq!(
-        served.runner_labels_for(&v(&["self-hosted", "linux", "Linux"])),
-        Some(LabelSet::parse_list(["self-hosted", "linux"]).unwrap())
-    );
-    // Labels GitHub would reject are never ours.
-    assert!(!served.serves(&v(&["self-hosted", "bad\nlabel"])));
-}
-
-#[test]
-fn configured_sets_follow_githubs_matching_rule() {
-    let served = ServedLabels::from_sets([
-        v(&["self-hosted", "linux", "x64"]),
-        v(&[]),
-        v(&["self-hosted", "linux", "gpu"]),
-    ])
-    .unwrap();
-    assert!(matches!(&served, ServedLabels::Sets(s) if s.len() == 2));
-    assert_eq!(
-        served.runner_labels_for(&v(&["self-hosted", "GPU"])),
-        Some(LabelSet::parse_list(["self-hosted", "linux", "gpu"]).unwrap())
-    );
-    assert_eq!(
-        served.runner_labels_for(&v(&["linux"])),
-        Some(LabelSet::parse_list(["self-hosted", "linux", "x64"]).unwrap()),
-        "first matching set wins"
-    );
-    assert!(!served.serves(&v(&["self-hosted", "arm64"])));
-    assert!(!served.serves(&v(&["ubuntu-latest"])));
-    assert!(!served.serves(&[]));
-    assert!(ServedLabels::from_sets([v(&["ok", "bad\u{7}"])]).is_err());
 }

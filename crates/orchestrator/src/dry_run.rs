@@ -11,6 +11,7 @@ use proxy_runner_domain::ports::{
     BackendError, ContainerBackend, ContainerEvent, ContainerInfo, ContainerSpec, EnvValue,
     NetworkSpec, StartedContainer,
 };
+use proxy_runner_domain::sync::lock;
 use tokio::sync::broadcast;
 
 /// One thing the dry-run backend was asked to do. Secret env values are
@@ -56,7 +57,7 @@ impl DryRunBackend {
     }
 
     pub fn calls(&self) -> Vec<DryRunCall> {
-        self.calls.lock().expect("lock").clone()
+        lock(&self.calls).clone()
     }
 
     /// Makes the pretend engine unreachable (or reachable again).
@@ -67,10 +68,7 @@ impl DryRunBackend {
 
     /// Makes `start` fail for this image as a real engine without it would.
     pub fn forget_image(&self, image: &str) {
-        self.missing_images
-            .lock()
-            .expect("lock")
-            .push(image.to_string());
+        lock(&self.missing_images).push(image.to_string());
     }
 
     fn check_reachable(&self) -> Result<(), BackendError> {
@@ -85,18 +83,18 @@ impl DryRunBackend {
 
     /// Containers currently "running".
     pub fn live(&self) -> Vec<ContainerInfo> {
-        self.live.lock().expect("lock").clone()
+        lock(&self.live).clone()
     }
 
     fn record(&self, call: DryRunCall) {
         tracing::info!(?call, "dry-run backend: would do");
-        self.calls.lock().expect("lock").push(call);
+        lock(&self.calls).push(call);
     }
 
     /// Pretends the container exited with `exit_code` (tests drive this).
     pub fn exit(&self, container_id: &str, exit_code: i64) {
         let info = {
-            let mut live = self.live.lock().expect("lock");
+            let mut live = lock(&self.live);
             let pos = live.iter().position(|c| c.id == container_id);
             pos.map(|p| live.remove(p))
         };
@@ -132,17 +130,12 @@ impl ContainerBackend for DryRunBackend {
 
     async fn start(&self, spec: &ContainerSpec) -> Result<StartedContainer, BackendError> {
         self.check_reachable()?;
-        if self
-            .missing_images
-            .lock()
-            .expect("lock")
-            .contains(&spec.image)
-        {
+        if lock(&self.missing_images).contains(&spec.image) {
             return Err(BackendError::ImageMissing {
                 image: spec.image.clone(),
             });
         }
-        let mut live = self.live.lock().expect("lock");
+        let mut live = lock(&self.live);
         if live.iter().any(|c| c.name == spec.name) {
             return Err(BackendError::NameConflict(spec.name.clone()));
         }
@@ -179,12 +172,7 @@ impl ContainerBackend for DryRunBackend {
 
     async fn stop(&self, container_id: &str, _grace: Duration) -> Result<(), BackendError> {
         self.record(DryRunCall::Stop(container_id.to_string()));
-        let known = self
-            .live
-            .lock()
-            .expect("lock")
-            .iter()
-            .any(|c| c.id == container_id);
+        let known = lock(&self.live).iter().any(|c| c.id == container_id);
         if !known {
             return Err(BackendError::NotFound(container_id.to_string()));
         }
@@ -199,10 +187,7 @@ impl ContainerBackend for DryRunBackend {
 
     async fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, BackendError> {
         self.check_reachable()?;
-        Ok(self
-            .live
-            .lock()
-            .expect("lock")
+        Ok(lock(&self.live)
             .iter()
             .filter(|c| {
                 c.labels

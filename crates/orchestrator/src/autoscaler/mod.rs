@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use proxy_runner_domain::failure::RetryPolicy;
-use proxy_runner_domain::labels::LabelSet;
+use proxy_runner_domain::labels::{LabelSet, same_label};
 use proxy_runner_domain::ports::{
     BackendError, ContainerBackend, Hardening, JobStore, RunnerRegistry, Scope, StoreError,
 };
@@ -216,7 +216,7 @@ impl Autoscaler {
         if self.config.pools.is_empty() {
             return job_labels
                 .iter()
-                .any(|l| l.eq_ignore_ascii_case("self-hosted"))
+                .any(|l| same_label(l, "self-hosted"))
                 .then_some(None);
         }
         self.config
