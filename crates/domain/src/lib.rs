@@ -5,11 +5,14 @@
 //! Nothing in this crate does IO. Every function here is deterministic given
 //! its inputs (time comes in through [`ports::Clock`]).
 
+pub mod container_hooks;
 pub mod env_filter;
 pub mod failure;
 pub mod job;
+pub mod job_containers;
 pub mod labels;
 pub mod names;
+pub mod policy;
 pub mod ports;
 pub mod runner_plan;
 pub mod schedule;

@@ -453,6 +453,10 @@ pub mod labels {
     pub const JOB_ID: &str = "proxy-runner.job-id";
     pub const REPOSITORY: &str = "proxy-runner.repository";
     pub const INSTANCE: &str = "proxy-runner.instance";
+    /// `proxy` on everything of the proxy path (hook-driven job containers).
+    pub const PATH: &str = "proxy-runner.path";
+    /// `job`, `service` or `step` on proxy-path containers.
+    pub const ROLE: &str = "proxy-runner.role";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
