@@ -66,6 +66,16 @@ fn the_domain_depends_on_no_io_crate_and_uses_no_io() {
     }
     for file in rust_sources(&workspace().join("crates/domain/src")) {
         let text = std::fs::read_to_string(&file).unwrap();
+        // Unit tests (at the end of a file) may read fixtures; comments may
+        // name what the code leaves to adapters.
+        let code: String = text
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
         for io in [
             "std::fs",
             "std::net",
@@ -74,7 +84,7 @@ fn the_domain_depends_on_no_io_crate_and_uses_no_io() {
             "std::env::var",
         ] {
             assert!(
-                !text.contains(io),
+                !code.contains(io),
                 "{} uses {io}: the domain does no IO",
                 file.display()
             );
