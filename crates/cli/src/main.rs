@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod demo;
 mod emulator;
+mod hook;
 mod serve;
 mod sim_runner;
 
@@ -60,6 +61,9 @@ enum Command {
     Emulator(emulator::EmulatorArgs),
     /// Stand in for the actions runner inside a job container: take one job and run its steps.
     SimRunner(sim_runner::SimRunnerArgs),
+    /// Hooks the actions runner calls (ACTIONS_RUNNER_CONTAINER_HOOKS).
+    #[command(subcommand)]
+    Hook(hook::HookCommand),
 }
 
 #[derive(Subcommand)]
@@ -185,6 +189,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Emulator(args) => {
             serve::init_logging();
             emulator::run(args).await
+        }
+        Command::Hook(command) => {
+            // A hook's exit code is the runner's verdict on the call.
+            let code = hook::run(command).await;
+            std::process::exit(code);
         }
         Command::SimRunner(args) => {
             serve::init_logging();

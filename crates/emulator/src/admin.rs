@@ -2,6 +2,7 @@
 //! webhook deliveries, point webhooks somewhere, turn fault knobs. No
 //! authentication: it is a test tool meant for loopback.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,11 +20,19 @@ use serde_json::{Map, Value, json};
 
 use crate::WebhookTarget;
 use crate::http_util::{ApiError, REST_BODY_LIMIT, empty_response, json_response, parse_json};
+use crate::protocol::{ContainerSpec, RegistryCredentials, StepSpec};
 use crate::state::{Faults, NewJob, Shared, is_http_url};
 
 const MAX_STEPS: usize = 1000;
 const MAX_STEP_LEN: usize = 64 * 1024;
 const MAX_NAME_LEN: usize = 255;
+/// Bounds of a job's containers (generous next to real workflows).
+const MAX_SERVICES: usize = 50;
+const MAX_IMAGE_LEN: usize = 512;
+const MAX_OPTIONS_LEN: usize = 4096;
+const MAX_ENV_ENTRIES: usize = 200;
+const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
+const MAX_CONTAINER_LIST: usize = 100;
 /// Longest injected latency.
 const MAX_LATENCY_MS: u64 = 60_000;
 /// Longest injected rate-limit window.
@@ -101,6 +110,211 @@ fn string_list(
     }
 }
 
+/// `steps`: each a command string, or `{"run": "...", "shell": "bash"|"sh"}`.
+fn step_list(body: &Map<String, Value>) -> Result<Vec<StepSpec>, ApiError> {
+    let bad = || {
+        invalid(format!(
+            "steps must be an array of at most {MAX_STEPS} commands (strings of at most {MAX_STEP_LEN} bytes, or objects {{run, shell}} with shell bash or sh)"
+        ))
+    };
+    let items = match body.get("steps") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) if items.len() <= MAX_STEPS => items,
+        Some(_) => return Err(bad()),
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            Value::String(run) if run.len() <= MAX_STEP_LEN => Ok(StepSpec::Command(run.clone())),
+            Value::Object(step) => {
+                let run = match step.get("run") {
+                    Some(Value::String(run)) if run.len() <= MAX_STEP_LEN => run.clone(),
+                    _ => return Err(bad()),
+                };
+                let shell = match step.get("shell") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(sh)) if sh == "bash" || sh == "sh" => Some(sh.clone()),
+                    Some(_) => return Err(bad()),
+                };
+                Ok(StepSpec::new(run, shell))
+            }
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+fn bounded_text(v: &Value, what: &str, max: usize) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) if s.len() <= max && !s.chars().any(char::is_control) => Ok(s.clone()),
+        _ => Err(invalid(format!(
+            "{what} must be a string of at most {max} bytes without control characters"
+        ))),
+    }
+}
+
+/// A `container:` or service: an image name, or an object with `image`,
+/// `env`, `options`, `ports`, `volumes`, `credentials` (as in a workflow).
+fn container_spec(v: &Value, what: &str) -> Result<ContainerSpec, ApiError> {
+    let image_of = |v: &Value| -> Result<String, ApiError> {
+        match v {
+            Value::String(s)
+                if !s.is_empty()
+                    && s.len() <= MAX_IMAGE_LEN
+                    && !s.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                Ok(s.clone())
+            }
+            _ => Err(invalid(format!(
+                "{what}.image must be a non-empty image name of at most {MAX_IMAGE_LEN} bytes"
+            ))),
+        }
+    };
+    let spec = match v {
+        Value::String(_) => {
+            return Ok(ContainerSpec {
+                image: image_of(v)?,
+                env: BTreeMap::new(),
+                options: None,
+                ports: Vec::new(),
+                volumes: Vec::new(),
+                credentials: None,
+            });
+        }
+        Value::Object(spec) => spec,
+        _ => {
+            return Err(invalid(format!(
+                "{what} must be an image name or an object with an image"
+            )));
+        }
+    };
+    let image = image_of(spec.get("image").unwrap_or(&Value::Null))?;
+    let mut env = BTreeMap::new();
+    match spec.get("env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(vars)) if vars.len() <= MAX_ENV_ENTRIES => {
+            for (k, v) in vars {
+                let name_ok = !k.is_empty()
+                    && k.len() <= MAX_NAME_LEN
+                    && !k.starts_with(|c: char| c.is_ascii_digit())
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                // Workflows may write numbers and booleans; they become strings.
+                let value = match v {
+                    Value::String(s) if s.len() <= MAX_ENV_VALUE_LEN => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                };
+                let Some(value) = value.filter(|_| name_ok) else {
+                    return Err(invalid(format!(
+                        "{what}.env must map variable names to strings of at most {MAX_ENV_VALUE_LEN} bytes"
+                    )));
+                };
+                env.insert(k.clone(), value);
+            }
+        }
+        Some(_) => {
+            return Err(invalid(format!(
+                "{what}.env must be an object of at most {MAX_ENV_ENTRIES} variables"
+            )));
+        }
+    }
+    let options = match spec.get("options") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(bounded_text(
+            v,
+            &format!("{what}.options"),
+            MAX_OPTIONS_LEN,
+        )?),
+    };
+    let list = |key: &str| -> Result<Vec<String>, ApiError> {
+        match spec.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) if items.len() <= MAX_CONTAINER_LIST => items
+                .iter()
+                .map(|item| match item {
+                    // Workflows may write a port as a number.
+                    Value::Number(n) if key == "ports" => Ok(n.to_string()),
+                    other => bounded_text(other, &format!("{what}.{key}[]"), MAX_OPTIONS_LEN)
+                        .and_then(|s| {
+                            if s.trim().is_empty() {
+                                Err(invalid(format!("{what}.{key}[] must not be empty")))
+                            } else {
+                                Ok(s)
+                            }
+                        }),
+                })
+                .collect(),
+            Some(_) => Err(invalid(format!(
+                "{what}.{key} must be an array of at most {MAX_CONTAINER_LIST} strings"
+            ))),
+        }
+    };
+    let ports = list("ports")?;
+    let volumes = list("volumes")?;
+    let credentials = match spec.get("credentials") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(c)) => match (c.get("username"), c.get("password")) {
+            (Some(Value::String(u)), Some(Value::String(p)))
+                if u.len() <= MAX_NAME_LEN && p.len() <= MAX_OPTIONS_LEN =>
+            {
+                Some(RegistryCredentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                })
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{what}.credentials must have a username and a password"
+                )));
+            }
+        },
+        Some(_) => {
+            return Err(invalid(format!(
+                "{what}.credentials must be an object or null"
+            )));
+        }
+    };
+    Ok(ContainerSpec {
+        image,
+        env,
+        options,
+        ports,
+        volumes,
+        credentials,
+    })
+}
+
+/// `services`: context name -> container.
+fn service_map(body: &Map<String, Value>) -> Result<BTreeMap<String, ContainerSpec>, ApiError> {
+    let services = match body.get("services") {
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
+        Some(Value::Object(services)) if services.len() <= MAX_SERVICES => services,
+        Some(_) => {
+            return Err(invalid(format!(
+                "services must be an object of at most {MAX_SERVICES} services"
+            )));
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (name, spec) in services {
+        let name_ok = !name.is_empty()
+            && name.len() <= 100
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !name_ok {
+            return Err(invalid(
+                "service names must be 1 to 100 letters, digits, _ or -",
+            ));
+        }
+        out.insert(
+            name.clone(),
+            container_spec(spec, &format!("services.{name}"))?,
+        );
+    }
+    Ok(out)
+}
+
 async fn create_job(
     State(shared): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
@@ -118,7 +332,12 @@ async fn create_job(
         }
         labels.push(l.to_string());
     }
-    let steps = string_list(&body, "steps", MAX_STEPS, MAX_STEP_LEN)?;
+    let steps = step_list(&body)?;
+    let container = match body.get("container") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(container_spec(v, "container")?),
+    };
+    let services = service_map(&body)?;
     let run_id = match body.get("runId") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
@@ -132,6 +351,8 @@ async fn create_job(
         repo: repo.to_string(),
         labels,
         steps,
+        container,
+        services,
         workflow: string_field(&body, "workflow", Some("CI"))?,
         name: string_field(&body, "name", Some("build"))?,
         run_id,

@@ -1,6 +1,7 @@
 //! What the emulated GitHub knows: runners, workflow runs and jobs, and how
 //! each is rendered as GitHub's JSON.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -9,6 +10,7 @@ use proxy_runner_domain::ports::Scope;
 use serde_json::{Value, json};
 
 use crate::http_util::timestamp;
+use crate::protocol::ContainerSpec;
 
 /// A runner that has not polled for this long is shown `offline`.
 pub(crate) const ONLINE_GRACE: Duration = Duration::from_secs(30);
@@ -65,6 +67,8 @@ impl Conclusion {
 #[derive(Debug, Clone)]
 pub(crate) struct Step {
     pub command: String,
+    /// `shell:` of the step (`bash` or `sh`); `None`: the runner's default.
+    pub shell: Option<String>,
     pub output: Option<String>,
     pub exit_code: Option<i32>,
     pub started_at: Option<DateTime<Utc>>,
@@ -73,9 +77,10 @@ pub(crate) struct Step {
 }
 
 impl Step {
-    pub fn new(command: String) -> Step {
+    pub fn new(command: String, shell: Option<String>) -> Step {
         Step {
             command,
+            shell,
             output: None,
             exit_code: None,
             started_at: None,
@@ -86,13 +91,27 @@ impl Step {
 
     /// The step name GitHub shows for a `run:` step.
     pub fn display_name(&self) -> String {
-        let first = self.command.lines().next().unwrap_or("").trim();
-        let mut name: String = first.chars().take(80).collect();
-        if first.chars().count() > 80 || self.command.lines().nth(1).is_some() {
-            name.push_str(" ...");
-        }
-        format!("Run {name}")
+        step_display_name(&self.command)
     }
+}
+
+/// The name GitHub shows for a `run:` step: `Run` and its first line.
+pub(crate) fn step_display_name(command: &str) -> String {
+    let first = command.lines().next().unwrap_or("").trim();
+    let mut name: String = first.chars().take(80).collect();
+    if first.chars().count() > 80 || command.lines().nth(1).is_some() {
+        name.push_str(" ...");
+    }
+    format!("Run {name}")
+}
+
+/// One section of a job's log, in the order the runner reported them:
+/// hooks, container set-up and clean-up, and every step that ran.
+#[derive(Debug, Clone)]
+pub(crate) struct LogSection {
+    pub name: String,
+    pub output: String,
+    pub exit_code: Option<i32>,
 }
 
 /// The runner a job was handed to.
@@ -117,6 +136,9 @@ pub(crate) struct Job {
     pub workflow: String,
     pub labels: Vec<String>,
     pub steps: Vec<Step>,
+    pub container: Option<ContainerSpec>,
+    pub services: BTreeMap<String, ContainerSpec>,
+    pub log: Vec<LogSection>,
     pub state: JobState,
     pub conclusion: Option<Conclusion>,
     pub assignment: Option<Assignment>,
@@ -211,14 +233,43 @@ impl Job {
             "createdAt": timestamp(self.created_at),
             "startedAt": self.started_at.map(timestamp),
             "completedAt": self.completed_at.map(timestamp),
-            "steps": self.steps.iter().map(|s| json!({
-                "command": s.command,
-                "output": s.output,
-                "exitCode": s.exit_code,
-                "conclusion": s.conclusion.map(Conclusion::as_str),
+            "steps": self.steps.iter().map(|s| {
+                let mut step = json!({
+                    "command": s.command,
+                    "output": s.output,
+                    "exitCode": s.exit_code,
+                    "conclusion": s.conclusion.map(Conclusion::as_str),
+                });
+                if let Some(shell) = &s.shell {
+                    step["shell"] = json!(shell);
+                }
+                step
+            }).collect::<Vec<_>>(),
+            "container": self.container.as_ref().map(container_admin_json),
+            "services": self
+                .services
+                .iter()
+                .map(|(name, spec)| (name.clone(), container_admin_json(spec)))
+                .collect::<serde_json::Map<String, Value>>(),
+            "log": self.log.iter().map(|l| json!({
+                "name": l.name,
+                "output": l.output,
+                "exitCode": l.exit_code,
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// A container as the admin API shows it: everything but the registry password.
+fn container_admin_json(spec: &ContainerSpec) -> Value {
+    json!({
+        "image": spec.image,
+        "env": spec.env,
+        "options": spec.options,
+        "ports": spec.ports,
+        "volumes": spec.volumes,
+        "credentials": spec.credentials.as_ref().map(|c| json!({"username": c.username})),
+    })
 }
 
 /// The newest attempt of each job of a run (what `filter=latest` shows).

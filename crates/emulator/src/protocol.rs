@@ -2,6 +2,7 @@
 //! the server side and the simulated runner. GitHub's own broker protocol is
 //! not public; this one is deliberately small (see the README).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -84,7 +85,101 @@ pub(crate) struct JobAssignment {
     pub workflow: String,
     pub name: String,
     pub labels: Vec<String>,
-    pub steps: Vec<String>,
+    pub steps: Vec<StepSpec>,
+    /// The job's `container:`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+    /// The job's `services:` by context name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ContainerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_sha: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_branch: Option<String>,
+}
+
+/// One `run:` step. A step without a `shell:` travels as a plain string,
+/// as every step did before shells existed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum StepSpec {
+    Command(String),
+    Script {
+        run: String,
+        #[serde(default)]
+        shell: Option<String>,
+    },
+}
+
+impl StepSpec {
+    pub fn new(run: String, shell: Option<String>) -> StepSpec {
+        match shell {
+            None => StepSpec::Command(run),
+            Some(shell) => StepSpec::Script {
+                run,
+                shell: Some(shell),
+            },
+        }
+    }
+
+    pub fn run(&self) -> &str {
+        match self {
+            StepSpec::Command(run) | StepSpec::Script { run, .. } => run,
+        }
+    }
+
+    pub fn shell(&self) -> Option<&str> {
+        match self {
+            StepSpec::Command(_) => None,
+            StepSpec::Script { shell, .. } => shell.as_deref(),
+        }
+    }
+}
+
+/// A job or service container as a workflow declares it (`image`, `env`,
+/// `options`, `ports`, `volumes`, `credentials`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ContainerSpec {
+    pub image: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `docker create` options (the runner's createOptions).
+    #[serde(default)]
+    pub options: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<String>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    pub credentials: Option<RegistryCredentials>,
+}
+
+/// `credentials:` of a container: a registry login.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .finish()
+    }
+}
+
+/// `POST /_runner/jobs/{job_id}/log`: one section of the job log that is
+/// not a `run:` step (a hook, container set-up or clean-up).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LogReport {
+    pub name: String,
+    pub output: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
 }
 
 /// `POST /_runner/jobs/{job_id}/steps/{index}`.

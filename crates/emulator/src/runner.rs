@@ -2,14 +2,19 @@
 //! registration token), takes one job, runs each step through a
 //! [`StepExecutor`], reports the results and stops, like an ephemeral
 //! `Runner.Listener`. Used by `proxy-runner sim-runner` and by tests.
+//! Around a job it runs the hooks of its environment ([`RunnerHost`]) the
+//! way the real runner does: job hooks, and the container hook for jobs with
+//! a `container` or `services` (see `hooks`).
 //!
 //! The runner credential (and the JIT config that carries it) is a secret:
 //! it is never logged, never put in an error, never given to steps.
 
+mod hooks;
+mod process;
+
+use std::collections::BTreeMap;
 use std::fmt;
-use std::os::fd::OwnedFd;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,13 +22,15 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncReadExt as _;
+use serde_json::Value;
 
 use crate::protocol::{
-    AcquireRequest, CompleteRequest, CompleteResponse, JitConfigDocument, JobAssignment,
-    ProtocolError, RegisterRequest, RegisterResponse, StepAck, StepReport,
+    AcquireRequest, CompleteRequest, CompleteResponse, JitConfigDocument, JobAssignment, LogReport,
+    ProtocolError, RegisterRequest, RegisterResponse, StepAck, StepReport, StepSpec,
 };
 use crate::state::{is_http_url, truncate_utf8};
+use hooks::{FileCommands, HookSettings, Layout};
+pub use process::{EXIT_STEP_NOT_STARTED, EXIT_STEP_TIMEOUT};
 
 /// The version the simulated runner reports.
 pub const SIM_RUNNER_VERSION: &str = "2.330.0-sim";
@@ -93,6 +100,57 @@ impl Default for RunOptions {
     }
 }
 
+/// The machine a runner runs on: its environment (hooks) and directories.
+#[derive(Clone)]
+pub struct RunnerHost {
+    /// The runner process's environment: where the hooks are configured
+    /// (`ACTIONS_RUNNER_HOOK_JOB_STARTED`, `ACTIONS_RUNNER_HOOK_JOB_COMPLETED`,
+    /// `ACTIONS_RUNNER_CONTAINER_HOOKS`, `ACTIONS_RUNNER_REQUIRE_JOB_CONTAINER`)
+    /// and what hooks inherit. Empty by default, not the process's own: a
+    /// test running under a real runner with hooks must not run them.
+    pub env: Vec<(String, String)>,
+    /// The runner's root directory; the work folder (`_work`) and
+    /// `externals` are under it. Default: the current directory. Only jobs
+    /// with hooks or containers write there.
+    pub root: Option<PathBuf>,
+    /// A hook running longer is killed (the real runner has no limit of its
+    /// own; the job's timeout stops it).
+    pub hook_timeout: Duration,
+}
+
+impl Default for RunnerHost {
+    fn default() -> Self {
+        RunnerHost {
+            env: Vec::new(),
+            root: None,
+            hook_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RunnerHost {
+    /// This process's own environment and directory, like the real runner.
+    pub fn from_process() -> RunnerHost {
+        RunnerHost {
+            env: std::env::vars().collect(),
+            root: std::env::current_dir().ok(),
+            ..RunnerHost::default()
+        }
+    }
+}
+
+impl fmt::Debug for RunnerHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values of the environment may be secrets (tokens): names only.
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("RunnerHost")
+            .field("env", &names)
+            .field("root", &self.root)
+            .field("hook_timeout", &self.hook_timeout)
+            .finish()
+    }
+}
+
 /// The outcome of a job as the runner saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobResult {
@@ -124,6 +182,19 @@ pub struct JobRun {
     pub conclusion: String,
     /// Results of the steps that ran, in order.
     pub steps: Vec<StepResult>,
+    /// The job log as reported: hooks, container set-up and clean-up and
+    /// steps, in order.
+    pub log: Vec<LogEntry>,
+}
+
+/// One section of a job log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// As GitHub shows it: `Set up runner`, `Initialize containers`,
+    /// `Run <command>`, `Stop containers`, `Complete runner`...
+    pub name: String,
+    pub output: String,
+    pub exit_code: Option<i32>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +229,8 @@ pub struct StepContext {
     /// 0-based position in the job.
     pub index: usize,
     pub command: String,
+    /// The step's `shell:` (`bash` or `sh`); `None`: the default.
+    pub shell: Option<String>,
     /// Environment for the step (GITHUB_*, RUNNER_NAME, CI...). Never holds
     /// the runner credential.
     pub env: Vec<(String, String)>,
@@ -177,8 +250,9 @@ pub trait StepExecutor: Send + Sync {
     async fn run_step(&self, step: &StepContext) -> StepResult;
 }
 
-/// Runs each step as `sh -c <command>` with a clean environment (PATH, HOME
-/// and the step's variables), capturing stdout and stderr together.
+/// Runs each step as `sh -c <command>` (`bash --noprofile --norc -eo
+/// pipefail -c` for `shell: bash`) with a clean environment (PATH, HOME and
+/// the step's variables), capturing stdout and stderr together.
 #[derive(Debug, Clone)]
 pub struct ShellExecutor {
     /// A step running longer is killed (exit code 124).
@@ -198,18 +272,39 @@ impl Default for ShellExecutor {
     }
 }
 
-/// Exit code of a step that timed out (as `timeout(1)` uses).
-pub const EXIT_STEP_TIMEOUT: i32 = 124;
-/// Exit code of a step that could not be started (as shells use).
-pub const EXIT_STEP_NOT_STARTED: i32 = 127;
-/// How long output is still read after the step's shell exited (background
-/// processes may hold the pipe open).
-const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
-
 #[async_trait]
 impl StepExecutor for ShellExecutor {
     async fn run_step(&self, step: &StepContext) -> StepResult {
-        match self.run_shell(step).await {
+        let (program, mut args): (&str, Vec<String>) = match step.shell.as_deref() {
+            Some("bash") => (
+                "bash",
+                ["--noprofile", "--norc", "-eo", "pipefail"]
+                    .map(str::to_string)
+                    .to_vec(),
+            ),
+            _ => ("sh", Vec::new()),
+        };
+        args.push("-c".to_string());
+        args.push(step.command.clone());
+        let mut env = vec![(
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        )];
+        if let Ok(home) = std::env::var("HOME") {
+            env.push(("HOME".to_string(), home));
+        }
+        env.extend(step.env.iter().cloned());
+        let spec = process::ProcessSpec {
+            program: program.as_ref(),
+            args: &args,
+            env: &env,
+            cwd: self.working_dir.as_deref(),
+            stdin: None,
+            timeout: self.timeout,
+            max_output: self.max_output,
+            what: "step",
+        };
+        match process::run(spec).await {
             Ok(result) => result,
             Err(e) => StepResult {
                 output: format!("cannot start the step: {e}"),
@@ -219,124 +314,15 @@ impl StepExecutor for ShellExecutor {
     }
 }
 
-impl ShellExecutor {
-    async fn run_shell(&self, step: &StepContext) -> std::io::Result<StepResult> {
-        let (reader, writer) = std::io::pipe()?;
-        let writer_err = writer.try_clone()?;
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(&step.command)
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
-            .envs(step.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer))
-            .stderr(Stdio::from(writer_err))
-            .kill_on_drop(true)
-            .process_group(0);
-        if let Some(home) = std::env::var_os("HOME") {
-            cmd.env("HOME", home);
-        }
-        if let Some(dir) = &self.working_dir {
-            cmd.current_dir(dir);
-        }
-        let mut child = cmd.spawn()?;
-        // Our copies of the pipe's write end must go, or reading never ends.
-        drop(cmd);
-        let pgid = child.id();
-        let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
-
-        let mut output: Vec<u8> = Vec::new();
-        let mut truncated = false;
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut status = None;
-        let mut eof = false;
-        let timeout_at = tokio::time::Instant::now() + self.timeout;
-        let mut stop_reading_at = timeout_at;
-        let mut timed_out = false;
-        while !(eof && status.is_some()) {
-            tokio::select! {
-                read = pipe.read(&mut buf), if !eof => match read {
-                    Ok(0) | Err(_) => eof = true,
-                    Ok(n) => {
-                        let room = self.max_output.saturating_sub(output.len());
-                        if n > room {
-                            truncated = true;
-                        }
-                        output.extend_from_slice(&buf[..n.min(room)]);
-                    }
-                },
-                exited = child.wait(), if status.is_none() => {
-                    status = Some(exited?);
-                    stop_reading_at = stop_reading_at.min(tokio::time::Instant::now() + OUTPUT_DRAIN);
-                },
-                _ = tokio::time::sleep_until(stop_reading_at) => {
-                    if status.is_none() {
-                        timed_out = true;
-                    }
-                    break;
-                }
-            }
-        }
-        if timed_out {
-            kill_process_group(pgid).await;
-            let _ = child.kill().await;
-        } else if !eof {
-            // The shell is done; stragglers holding the pipe are stopped too.
-            kill_process_group(pgid).await;
-        }
-        let mut text = String::from_utf8_lossy(&output).into_owned();
-        if truncated {
-            truncate_utf8(&mut text, self.max_output);
-        }
-        let exit_code = if timed_out {
-            text.push_str(&format!(
-                "\n[step timed out after {}s and was killed]",
-                self.timeout.as_secs()
-            ));
-            EXIT_STEP_TIMEOUT
-        } else {
-            status.map(exit_code_of).unwrap_or(EXIT_STEP_NOT_STARTED)
-        };
-        Ok(StepResult {
-            output: text,
-            exit_code,
-        })
-    }
-}
-
-fn exit_code_of(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt as _;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(1)
-}
-
-/// Kills every process of the step's process group (best effort).
-async fn kill_process_group(pgid: Option<u32>) {
-    let Some(pgid) = pgid else {
-        return;
-    };
-    let _ = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -KILL -- -{pgid} 2>/dev/null"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
-}
-
 /// A runner known to the emulator, with its credential.
 pub struct SimRunner {
     base_url: String,
     runner_id: u64,
     runner_name: String,
     credential: SecretString,
+    /// The work folder of the runner's configuration (`_work`).
+    work_folder: String,
+    host: RunnerHost,
     http: reqwest::Client,
 }
 
@@ -347,6 +333,7 @@ impl fmt::Debug for SimRunner {
             .field("runner_id", &self.runner_id)
             .field("runner_name", &self.runner_name)
             .field("credential", &"[redacted]")
+            .field("host", &self.host)
             .finish()
     }
 }
@@ -388,6 +375,8 @@ impl SimRunner {
             runner_id: doc.runner_id,
             runner_name: doc.runner_name,
             credential: SecretString::from(doc.credential),
+            work_folder: doc.work_folder,
+            host: RunnerHost::default(),
             http: http_client()?,
         })
     }
@@ -441,8 +430,17 @@ impl SimRunner {
             runner_id: registered.runner_id,
             runner_name: registered.runner_name,
             credential: SecretString::from(registered.credential),
+            work_folder: String::new(),
+            host: RunnerHost::default(),
             http,
         })
+    }
+
+    /// Sets the machine the runner runs on (environment with hooks,
+    /// directories); by default it has no hooks.
+    pub fn with_host(mut self, host: RunnerHost) -> SimRunner {
+        self.host = host;
+        self
     }
 
     pub fn id(&self) -> u64 {
@@ -458,8 +456,12 @@ impl SimRunner {
         &self.base_url
     }
 
-    /// Waits for one job, runs its steps in order (stopping at the first
-    /// failing step, or when the run was cancelled), reports and returns.
+    /// Waits for one job and runs it like the real runner: the job-started
+    /// hook, the containers (through the container hook), each step (in the
+    /// job container through the container hook, else through `executor`),
+    /// stopping at the first failing step or when the run was cancelled,
+    /// then the container clean-up and the job-completed hook. Reports every
+    /// section of the log and the result, and returns.
     pub async fn run(
         &self,
         executor: &dyn StepExecutor,
@@ -474,63 +476,44 @@ impl SimRunner {
             repository = %job.repository,
             "sim runner took a job"
         );
-        let env = self.step_env(&job);
-        let mut steps = Vec::new();
-        let mut result = JobResult::Succeeded;
-        for (index, command) in job.steps.iter().enumerate() {
-            let context = StepContext {
-                index,
-                command: command.clone(),
-                env: env.clone(),
-            };
-            let mut step = executor.run_step(&context).await;
-            truncate_utf8(&mut step.output, MAX_STEP_OUTPUT);
-            let ack: StepAck = self
-                .post(
-                    &format!("/_runner/jobs/{}/steps/{index}", job.job_id),
-                    &StepReport {
-                        output: step.output.clone(),
-                        exit_code: step.exit_code,
-                    },
-                    opts,
-                )
-                .await?;
-            let failed = step.exit_code != 0;
-            steps.push(step);
-            if ack.cancel_requested {
-                result = JobResult::Cancelled;
-                break;
-            }
-            if failed {
-                result = JobResult::Failed;
-                break;
-            }
-        }
-        let done: CompleteResponse = self
-            .post(
-                &format!("/_runner/jobs/{}/complete", job.job_id),
-                &CompleteRequest {
-                    result: result.wire().to_string(),
-                },
-                opts,
+        let mut run = JobDriver {
+            runner: self,
+            job: &job,
+            opts,
+            log: Vec::new(),
+            steps: Vec::new(),
+            failed: false,
+            cancelled: false,
+        };
+        let settings = HookSettings::from_env(&self.host.env);
+        if settings.require_job_container && job.container.is_none() {
+            // The real runner refuses such a job while setting it up, before
+            // any hook.
+            run.section(
+                "Set up job",
+                format!("##[error]{}\n", hooks::JOB_CONTAINER_REQUIRED),
+                Some(1),
             )
             .await?;
-        tracing::info!(
-            runner = %self.runner_name,
-            job_id = job.job_id,
-            conclusion = %done.conclusion,
-            "sim runner finished its job"
-        );
-        Ok(RunOutcome::Completed(JobRun {
-            job_id: job.job_id,
-            run_id: job.run_id,
-            repository: job.repository,
-            workflow: job.workflow,
-            name: job.name,
-            result,
-            conclusion: done.conclusion,
-            steps,
-        }))
+            run.failed = true;
+        } else if settings.any_hook() || job.container.is_some() || !job.services.is_empty() {
+            run.run_with_hooks(executor, &settings).await?;
+        } else {
+            let env = self.step_env(&job);
+            for (index, step) in job.steps.iter().enumerate() {
+                let context = StepContext {
+                    index,
+                    command: step.run().to_string(),
+                    shell: step.shell().map(str::to_string),
+                    env: env.clone(),
+                };
+                let result = executor.run_step(&context).await;
+                if !run.report_step(index, result).await? {
+                    break;
+                }
+            }
+        }
+        run.finish().await
     }
 
     fn step_env(&self, job: &JobAssignment) -> Vec<(String, String)> {
@@ -642,6 +625,468 @@ impl SimRunner {
     }
 }
 
+/// A job being run: what was reported so far.
+struct JobDriver<'a> {
+    runner: &'a SimRunner,
+    job: &'a JobAssignment,
+    opts: &'a RunOptions,
+    log: Vec<LogEntry>,
+    steps: Vec<StepResult>,
+    failed: bool,
+    cancelled: bool,
+}
+
+/// What a job run with hooks carries from one section to the next.
+struct HookJob {
+    layout: Layout,
+    /// GITHUB_PATH entries in the order they were added (the newest goes
+    /// first in a PATH).
+    prepend_path: Vec<String>,
+    /// GITHUB_ENV variables for later steps.
+    job_env: BTreeMap<String, String>,
+    /// The container hook's state, handed back on every call.
+    state: Value,
+}
+
+impl HookJob {
+    fn prepend_path_newest_first(&self) -> Vec<String> {
+        self.prepend_path.iter().rev().cloned().collect()
+    }
+}
+
+/// A section that failed before (or instead of) running anything.
+fn failure(message: impl fmt::Display) -> StepResult {
+    StepResult {
+        output: format!("##[error]{message}\n"),
+        exit_code: 1,
+    }
+}
+
+/// Adds an error line to a section's output, like the runner's annotations.
+fn append_error(result: &mut StepResult, message: impl fmt::Display) {
+    if !result.output.is_empty() && !result.output.ends_with('\n') {
+        result.output.push('\n');
+    }
+    result.output.push_str(&format!("##[error]{message}\n"));
+}
+
+impl JobDriver<'_> {
+    /// Reports a log section that is not a step (a hook, container set-up
+    /// or clean-up); a non-zero exit code fails the job.
+    async fn section(
+        &mut self,
+        name: &str,
+        mut output: String,
+        exit_code: Option<i32>,
+    ) -> Result<(), RunnerError> {
+        truncate_utf8(&mut output, MAX_STEP_OUTPUT);
+        let ack: StepAck = self
+            .runner
+            .post(
+                &format!("/_runner/jobs/{}/log", self.job.job_id),
+                &LogReport {
+                    name: name.to_string(),
+                    output: output.clone(),
+                    exit_code,
+                },
+                self.opts,
+            )
+            .await?;
+        self.cancelled |= ack.cancel_requested;
+        self.failed |= exit_code.is_some_and(|c| c != 0);
+        self.log.push(LogEntry {
+            name: name.to_string(),
+            output,
+            exit_code,
+        });
+        Ok(())
+    }
+
+    /// Reports a step; returns whether the job goes on.
+    async fn report_step(
+        &mut self,
+        index: usize,
+        mut step: StepResult,
+    ) -> Result<bool, RunnerError> {
+        truncate_utf8(&mut step.output, MAX_STEP_OUTPUT);
+        let ack: StepAck = self
+            .runner
+            .post(
+                &format!("/_runner/jobs/{}/steps/{index}", self.job.job_id),
+                &StepReport {
+                    output: step.output.clone(),
+                    exit_code: step.exit_code,
+                },
+                self.opts,
+            )
+            .await?;
+        let command = self.job.steps.get(index).map(StepSpec::run).unwrap_or("");
+        self.log.push(LogEntry {
+            name: crate::model::step_display_name(command),
+            output: step.output.clone(),
+            exit_code: Some(step.exit_code),
+        });
+        self.failed |= step.exit_code != 0;
+        self.cancelled |= ack.cancel_requested;
+        self.steps.push(step);
+        Ok(!self.failed && !self.cancelled)
+    }
+
+    /// Reports the result and ends the job.
+    async fn finish(self) -> Result<RunOutcome, RunnerError> {
+        let result = if self.cancelled {
+            JobResult::Cancelled
+        } else if self.failed {
+            JobResult::Failed
+        } else {
+            JobResult::Succeeded
+        };
+        let job = self.job;
+        let done: CompleteResponse = self
+            .runner
+            .post(
+                &format!("/_runner/jobs/{}/complete", job.job_id),
+                &CompleteRequest {
+                    result: result.wire().to_string(),
+                },
+                self.opts,
+            )
+            .await?;
+        tracing::info!(
+            runner = %self.runner.runner_name,
+            job_id = job.job_id,
+            conclusion = %done.conclusion,
+            "sim runner finished its job"
+        );
+        Ok(RunOutcome::Completed(JobRun {
+            job_id: job.job_id,
+            run_id: job.run_id,
+            repository: job.repository.clone(),
+            workflow: job.workflow.clone(),
+            name: job.name.clone(),
+            result,
+            conclusion: done.conclusion,
+            steps: self.steps,
+            log: self.log,
+        }))
+    }
+
+    /// The sections of a job with hooks or containers, in the runner's
+    /// order: Set up runner (job-started hook), Initialize containers
+    /// (prepare_job), the steps, Stop containers (cleanup_job, whenever
+    /// containers were being set up), Complete runner (job-completed hook,
+    /// always).
+    async fn run_with_hooks(
+        &mut self,
+        executor: &dyn StepExecutor,
+        settings: &HookSettings,
+    ) -> Result<(), RunnerError> {
+        let job = self.job;
+        let root = match &self.runner.host.root {
+            Some(root) => root.clone(),
+            None => std::env::current_dir().unwrap_or_else(|_| std::env::temp_dir()),
+        };
+        let layout = match Layout::create(&root, &self.runner.work_folder, &job.repository) {
+            Ok(layout) => layout,
+            Err(e) => {
+                let r = failure(format!("cannot create the runner's work folder: {e}"));
+                return self
+                    .section("Set up job", r.output, Some(r.exit_code))
+                    .await;
+            }
+        };
+        let mut ctx = HookJob {
+            layout,
+            prepend_path: Vec::new(),
+            job_env: BTreeMap::new(),
+            state: Value::Null,
+        };
+        if let Some(hook) = &settings.job_started {
+            let r = self.job_hook(hook, &mut ctx).await;
+            self.section("Set up runner", r.output, Some(r.exit_code))
+                .await?;
+        }
+        let has_containers = job.container.is_some() || !job.services.is_empty();
+        let mut clean_up = false;
+        if has_containers && !self.failed && !self.cancelled {
+            let r = match &settings.container_hooks {
+                Some(hook) => {
+                    // The runner registers the clean-up before it prepares.
+                    clean_up = true;
+                    self.prepare_job(hook, &mut ctx).await
+                }
+                None => failure(format!(
+                    "the simulated runner starts job and service containers only through a container hook: set {}",
+                    hooks::CONTAINER_HOOKS
+                )),
+            };
+            self.section("Initialize containers", r.output, Some(r.exit_code))
+                .await?;
+        }
+        for (index, step) in job.steps.iter().enumerate() {
+            if self.failed || self.cancelled {
+                break;
+            }
+            let r = match (&job.container, &settings.container_hooks) {
+                (Some(_), Some(hook)) => self.container_step(hook, step, &mut ctx).await,
+                _ => self.host_step(executor, index, step, &mut ctx).await,
+            };
+            self.report_step(index, r).await?;
+        }
+        if clean_up && let Some(hook) = &settings.container_hooks {
+            let r = self.cleanup_job(hook, &mut ctx).await;
+            self.section("Stop containers", r.output, Some(r.exit_code))
+                .await?;
+        }
+        if let Some(hook) = &settings.job_completed {
+            let r = self.job_hook(hook, &mut ctx).await;
+            self.section("Complete runner", r.output, Some(r.exit_code))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The environment of a hook: the runner's own (without the
+    /// `ACTIONS_RUNNER_INPUT_*` configuration, which the real runner drops
+    /// after reading) plus the job's context with host paths.
+    fn hook_env(&self, ctx: &HookJob, files: &FileCommands) -> Vec<(String, String)> {
+        let mut env: BTreeMap<String, String> = self
+            .runner
+            .host
+            .env
+            .iter()
+            .filter(|(k, _)| !k.starts_with("ACTIONS_RUNNER_INPUT_"))
+            .cloned()
+            .collect();
+        let host = |p: &Path| p.display().to_string();
+        env.extend(hooks::context_env(
+            self.job,
+            &self.runner.runner_name,
+            &self.runner.base_url,
+            &ctx.layout,
+            files,
+            &host,
+        ));
+        if !ctx.prepend_path.is_empty() {
+            let mut path = ctx.prepend_path_newest_first();
+            path.extend(env.get("PATH").cloned());
+            env.insert("PATH".to_string(), path.join(":"));
+        }
+        env.into_iter().collect()
+    }
+
+    /// Runs a hook file (`bash -e <path>`) in GITHUB_WORKSPACE.
+    async fn run_hook(
+        &self,
+        hook: &str,
+        env: &[(String, String)],
+        stdin: Option<Vec<u8>>,
+        layout: &Layout,
+    ) -> StepResult {
+        let search_path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        let (program, args) = match hooks::hook_command(hook, search_path) {
+            Ok(command) => command,
+            Err(e) => return failure(e),
+        };
+        let workspace = layout.workspace();
+        let spec = process::ProcessSpec {
+            program: program.as_os_str(),
+            args: &args,
+            env,
+            cwd: Some(&workspace),
+            stdin,
+            timeout: self.runner.host.hook_timeout,
+            max_output: MAX_STEP_OUTPUT,
+            what: "hook",
+        };
+        let mut result = match process::run(spec).await {
+            Ok(result) => result,
+            Err(e) => return failure(format!("cannot start the hook {hook}: {e}")),
+        };
+        if result.exit_code != 0 {
+            let code = result.exit_code;
+            append_error(
+                &mut result,
+                format!("Process completed with exit code {code}."),
+            );
+        }
+        result
+    }
+
+    /// The job-started or job-completed hook: a section of its own, with
+    /// its own file commands.
+    async fn job_hook(&self, hook: &str, ctx: &mut HookJob) -> StepResult {
+        let files = match FileCommands::create(&ctx.layout) {
+            Ok(files) => files,
+            Err(e) => return failure(format!("cannot create the file commands: {e}")),
+        };
+        let env = self.hook_env(ctx, &files);
+        let result = self.run_hook(hook, &env, None, &ctx.layout).await;
+        files.apply(&mut ctx.prepend_path, &mut ctx.job_env);
+        result
+    }
+
+    /// One call of the container hook: a fresh empty response file, one
+    /// line of input on stdin, then the response (its `state` replaces the
+    /// one handed back on later calls). The hook runs in the section's
+    /// context: `files` are the section's file commands (a step in the job
+    /// container writes the same files through the mounted `_temp`).
+    async fn container_hook(
+        &self,
+        hook: &str,
+        command: &str,
+        args: Value,
+        files: &FileCommands,
+        ctx: &mut HookJob,
+        require_alpine: bool,
+    ) -> StepResult {
+        let response_file = ctx
+            .layout
+            .responses()
+            .join(format!("{}.json", uuid::Uuid::now_v7()));
+        if let Err(e) = std::fs::File::create(&response_file) {
+            return failure(format!("cannot create the response file: {e}"));
+        }
+        let input = hooks::hook_input(command, &response_file, args, &ctx.state);
+        let env = self.hook_env(ctx, files);
+        let mut result = self.run_hook(hook, &env, Some(input), &ctx.layout).await;
+        if result.exit_code != 0 {
+            let _ = std::fs::remove_file(&response_file);
+            append_error(
+                &mut result,
+                format!(
+                    "The hook script at '{hook}' running command '{command}' did not execute successfully"
+                ),
+            );
+            return result;
+        }
+        match hooks::read_response(&response_file, command, require_alpine) {
+            Ok(Some(response)) => {
+                if let Some(state) = response.get("state").filter(|s| !s.is_null()) {
+                    ctx.state = state.clone();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                append_error(&mut result, e);
+                result.exit_code = 1;
+            }
+        }
+        result
+    }
+
+    /// A container hook call that is a section of its own (prepare_job,
+    /// cleanup_job).
+    async fn container_section(
+        &self,
+        hook: &str,
+        command: &str,
+        args: Value,
+        ctx: &mut HookJob,
+        require_alpine: bool,
+    ) -> StepResult {
+        let files = match FileCommands::create(&ctx.layout) {
+            Ok(files) => files,
+            Err(e) => return failure(format!("cannot create the file commands: {e}")),
+        };
+        let result = self
+            .container_hook(hook, command, args, &files, ctx, require_alpine)
+            .await;
+        files.apply(&mut ctx.prepend_path, &mut ctx.job_env);
+        result
+    }
+
+    async fn prepare_job(&self, hook: &str, ctx: &mut HookJob) -> StepResult {
+        let args = hooks::prepare_job_args(self.job, &ctx.layout);
+        let require_alpine = self.job.container.is_some();
+        self.container_section(hook, "prepare_job", args, ctx, require_alpine)
+            .await
+    }
+
+    async fn cleanup_job(&self, hook: &str, ctx: &mut HookJob) -> StepResult {
+        self.container_section(hook, "cleanup_job", serde_json::json!({}), ctx, false)
+            .await
+    }
+
+    /// A `run:` step in the job container: the script goes to
+    /// `_temp/<uuid>.sh` and the hook runs it with the step's shell.
+    async fn container_step(&self, hook: &str, step: &StepSpec, ctx: &mut HookJob) -> StepResult {
+        let script_file = ctx
+            .layout
+            .temp()
+            .join(format!("{}.sh", uuid::Uuid::now_v7()));
+        if let Err(e) = std::fs::write(&script_file, step.run()) {
+            return failure(format!("cannot write the step's script: {e}"));
+        }
+        let files = match FileCommands::create(&ctx.layout) {
+            Ok(files) => files,
+            Err(e) => return failure(format!("cannot create the file commands: {e}")),
+        };
+        let layout = &ctx.layout;
+        let script = layout.container_path(&script_file);
+        let (entry_point, entry_point_args) = hooks::container_shell(step.shell(), &script);
+        let in_container = |p: &Path| layout.container_path(p);
+        // GITHUB_ENV values first: the runner's own variables win.
+        let mut env = ctx.job_env.clone();
+        env.extend(hooks::context_env(
+            self.job,
+            &self.runner.runner_name,
+            &self.runner.base_url,
+            layout,
+            &files,
+            &in_container,
+        ));
+        let args = serde_json::json!({
+            "entryPoint": entry_point,
+            "entryPointArgs": entry_point_args,
+            "environmentVariables": env,
+            "prependPath": ctx.prepend_path_newest_first(),
+            "workingDirectory": layout.container_path(&layout.workspace()),
+        });
+        let result = self
+            .container_hook(hook, "run_script_step", args, &files, ctx, false)
+            .await;
+        files.apply(&mut ctx.prepend_path, &mut ctx.job_env);
+        result
+    }
+
+    /// A step on the host (a job with services but no job container).
+    async fn host_step(
+        &self,
+        executor: &dyn StepExecutor,
+        index: usize,
+        step: &StepSpec,
+        ctx: &mut HookJob,
+    ) -> StepResult {
+        let files = match FileCommands::create(&ctx.layout) {
+            Ok(files) => files,
+            Err(e) => return failure(format!("cannot create the file commands: {e}")),
+        };
+        let host = |p: &Path| p.display().to_string();
+        let mut env = ctx.job_env.clone();
+        env.extend(hooks::context_env(
+            self.job,
+            &self.runner.runner_name,
+            &self.runner.base_url,
+            &ctx.layout,
+            &files,
+            &host,
+        ));
+        let context = StepContext {
+            index,
+            command: step.run().to_string(),
+            shell: step.shell().map(str::to_string),
+            env: env.into_iter().collect(),
+        };
+        let result = executor.run_step(&context).await;
+        files.apply(&mut ctx.prepend_path, &mut ctx.job_env);
+        result
+    }
+}
+
 /// 0.5 s, 1 s, 2 s ... capped at 10 s.
 fn backoff(failures: u32) -> Duration {
     let ms = 500u64.saturating_mul(1u64 << failures.saturating_sub(1).min(5));
@@ -737,6 +1182,7 @@ mod tests {
         StepContext {
             index: 0,
             command: command.into(),
+            shell: None,
             env: vec![("GITHUB_REPOSITORY".into(), "octo/repo".into())],
         }
     }
@@ -753,6 +1199,32 @@ mod tests {
         assert!(ok.output.contains("octo/repo"), "{}", ok.output);
         let failed = shell.run_step(&ctx("exit 3")).await;
         assert_eq!(failed.exit_code, 3);
+    }
+
+    #[tokio::test]
+    async fn bash_steps_run_with_pipefail() {
+        let shell = ShellExecutor::default();
+        let step = StepContext {
+            shell: Some("bash".into()),
+            ..ctx("false | true; echo not reached")
+        };
+        let r = shell.run_step(&step).await;
+        assert_eq!(r.exit_code, 1, "{}", r.output);
+        assert_eq!(r.output, "");
+        // The default shell has no pipefail.
+        let r = shell.run_step(&ctx("false | true; echo reached")).await;
+        assert_eq!((r.exit_code, r.output.as_str()), (0, "reached\n"));
+    }
+
+    #[test]
+    fn hosts_do_not_show_environment_values() {
+        let host = RunnerHost {
+            env: vec![("PROXY_RUNNER_TOKEN".into(), "hunter2".into())],
+            ..RunnerHost::default()
+        };
+        let shown = format!("{host:?}");
+        assert!(shown.contains("PROXY_RUNNER_TOKEN"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use crate::http_util::{empty_response, json_response};
 use crate::model::same_scope;
 use crate::protocol::{
     ACQUIRE_MAX_WAIT_MS, AcquireRequest, CompleteRequest, CompleteResponse, JobAssignment,
-    RUNNER_BODY_LIMIT, RegisterRequest, RegisterResponse, StepAck, StepReport,
+    LogReport, RUNNER_BODY_LIMIT, RegisterRequest, RegisterResponse, StepAck, StepReport,
 };
 use crate::state::{Handout, JobOpError, RunnerCreateError, Shared};
 
@@ -37,6 +37,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/register", post(register))
         .route("/acquire", post(acquire))
         .route("/jobs/{job_id}/steps/{index}", post(report_step))
+        .route("/jobs/{job_id}/log", post(report_log))
         .route("/jobs/{job_id}/complete", post(complete))
         .layer(DefaultBodyLimit::max(RUNNER_BODY_LIMIT))
         .with_state(shared)
@@ -253,6 +254,10 @@ fn assignment_json(h: Handout) -> Response {
         name: h.name,
         labels: h.labels,
         steps: h.steps,
+        container: h.container,
+        services: h.services,
+        head_sha: Some(h.head_sha),
+        head_branch: Some(h.head_branch),
     };
     json_response(
         StatusCode::OK,
@@ -342,6 +347,39 @@ async fn report_step(
             report.output,
             report.exit_code,
             Utc::now(),
+        )
+        .map_err(job_failure)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::to_value(StepAck { cancel_requested }).unwrap_or_default(),
+    ))
+}
+
+async fn report_log(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    path: Result<Path<HashMap<String, String>>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let runner_id = authenticate(&shared, &headers)?;
+    let (job_id, _) = job_path(path)?;
+    let report: LogReport = parse_required(body)?;
+    let name = report.name.trim();
+    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+        return Err(fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name must be 1 to 255 characters without control characters",
+        ));
+    }
+    let mut world = shared.world();
+    world.touch_runner(runner_id, None, None);
+    let cancel_requested = world
+        .append_log(
+            runner_id,
+            job_id,
+            name.to_string(),
+            report.output,
+            report.exit_code,
         )
         .map_err(job_failure)?;
     Ok(json_response(

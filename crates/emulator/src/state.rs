@@ -18,9 +18,10 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::model::{
-    Assignment, Conclusion, DEFAULT_GROUP_ID, DEFAULT_GROUP_NAME, Job, JobState, READ_ONLY_LABELS,
-    Run, Runner, RunnerLabel, Step, same_scope,
+    Assignment, Conclusion, DEFAULT_GROUP_ID, DEFAULT_GROUP_NAME, Job, JobState, LogSection,
+    READ_ONLY_LABELS, Run, Runner, RunnerLabel, Step, same_scope,
 };
+use crate::protocol::{ContainerSpec, StepSpec};
 use crate::webhook::{self, DeliveryRecord, PendingDelivery};
 use crate::{DEFAULT_INSTALLATION_TOKEN_TTL, EmulatorConfig, EmulatorError, WebhookTarget};
 
@@ -32,8 +33,10 @@ pub(crate) const RATE_LIMIT_AUTHENTICATED: u64 = 5000;
 pub(crate) const RATE_LIMIT_ANONYMOUS: u64 = 60;
 /// How many delivery records the admin API keeps.
 const DELIVERY_LOG_LIMIT: usize = 1000;
-/// Largest step output kept per step.
+/// Largest step output kept per step (and per log section).
 pub(crate) const MAX_STEP_OUTPUT: usize = 1024 * 1024;
+/// Most sections of one job log: every step plus hooks and container set-up.
+pub(crate) const MAX_LOG_SECTIONS: usize = 1100;
 
 pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
@@ -201,7 +204,11 @@ pub(crate) struct Handout {
     pub workflow: String,
     pub name: String,
     pub labels: Vec<String>,
-    pub steps: Vec<String>,
+    pub steps: Vec<StepSpec>,
+    pub container: Option<ContainerSpec>,
+    pub services: BTreeMap<String, ContainerSpec>,
+    pub head_sha: String,
+    pub head_branch: String,
 }
 
 /// A request to queue a job (admin API).
@@ -210,7 +217,9 @@ pub(crate) struct NewJob {
     pub owner: String,
     pub repo: String,
     pub labels: Vec<String>,
-    pub steps: Vec<String>,
+    pub steps: Vec<StepSpec>,
+    pub container: Option<ContainerSpec>,
+    pub services: BTreeMap<String, ContainerSpec>,
     pub workflow: String,
     pub name: String,
     pub run_id: Option<u64>,
@@ -537,7 +546,14 @@ impl World {
                 name: new.name,
                 workflow: new.workflow,
                 labels: new.labels,
-                steps: new.steps.into_iter().map(Step::new).collect(),
+                steps: new
+                    .steps
+                    .into_iter()
+                    .map(|s| Step::new(s.run().to_string(), s.shell().map(str::to_string)))
+                    .collect(),
+                container: new.container,
+                services: new.services,
+                log: Vec::new(),
                 state: JobState::Queued,
                 conclusion: None,
                 assignment: None,
@@ -628,6 +644,13 @@ impl World {
             .get_mut(index)
             .ok_or_else(|| JobOpError::Conflict(format!("the job has {steps} steps")))?;
         truncate_utf8(&mut output, MAX_STEP_OUTPUT);
+        if job.log.len() < MAX_LOG_SECTIONS {
+            job.log.push(LogSection {
+                name: step.display_name(),
+                output: output.clone(),
+                exit_code: Some(exit_code),
+            });
+        }
         step.output = Some(output);
         step.exit_code = Some(exit_code);
         step.started_at.get_or_insert(now);
@@ -642,6 +665,38 @@ impl World {
         {
             next.started_at.get_or_insert(now);
         }
+        Ok(job.cancel_requested)
+    }
+
+    /// Adds a section that is not a step (a hook, container set-up or
+    /// clean-up) to the log of a job in progress. Returns whether the job
+    /// was asked to cancel.
+    pub fn append_log(
+        &mut self,
+        runner_id: u64,
+        job_id: u64,
+        name: String,
+        mut output: String,
+        exit_code: Option<i32>,
+    ) -> Result<bool, JobOpError> {
+        let job = self.jobs.get_mut(&job_id).ok_or(JobOpError::NotFound)?;
+        if job.assignment.as_ref().map(|a| a.runner_id) != Some(runner_id) {
+            return Err(JobOpError::NotFound);
+        }
+        if job.state != JobState::InProgress {
+            return Err(JobOpError::Conflict("the job is not in progress".into()));
+        }
+        if job.log.len() >= MAX_LOG_SECTIONS {
+            return Err(JobOpError::Conflict(format!(
+                "a job log holds at most {MAX_LOG_SECTIONS} sections"
+            )));
+        }
+        truncate_utf8(&mut output, MAX_STEP_OUTPUT);
+        job.log.push(LogSection {
+            name,
+            output,
+            exit_code,
+        });
         Ok(job.cancel_requested)
     }
 
@@ -780,8 +835,9 @@ impl World {
             steps: old
                 .steps
                 .iter()
-                .map(|s| Step::new(s.command.clone()))
+                .map(|s| Step::new(s.command.clone(), s.shell.clone()))
                 .collect(),
+            log: Vec::new(),
             state: JobState::Queued,
             conclusion: None,
             assignment: None,
@@ -848,7 +904,15 @@ fn handout(job: &Job) -> Handout {
         workflow: job.workflow.clone(),
         name: job.name.clone(),
         labels: job.labels.clone(),
-        steps: job.steps.iter().map(|s| s.command.clone()).collect(),
+        steps: job
+            .steps
+            .iter()
+            .map(|s| StepSpec::new(s.command.clone(), s.shell.clone()))
+            .collect(),
+        container: job.container.clone(),
+        services: job.services.clone(),
+        head_sha: job.head_sha.clone(),
+        head_branch: job.head_branch.clone(),
     }
 }
 

@@ -1,0 +1,733 @@
+//! `proxy-runner hook container`: the actions runner's container hook
+//! (`ACTIONS_RUNNER_CONTAINER_HOOKS`, through `hooks/container-hook.sh`).
+//!
+//! The runner writes one line of JSON on stdin (`{command, responseFile,
+//! args, state}`); the hook hands the call to the orchestrator, which owns
+//! the job's containers, and answers the runner the way a container hook
+//! does: the response file for `prepare_job`, the step's output and exit
+//! code for `run_script_step` and `run_container_step`.
+//!
+//! Every failure is exactly one `::error::` line on stdout and exit code 1.
+//! The orchestrator token and registry passwords never appear in the output.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::Subcommand;
+use rand::Rng as _;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+
+#[derive(Subcommand)]
+pub enum HookCommand {
+    /// The container hook (ACTIONS_RUNNER_CONTAINER_HOOKS): one call of the
+    /// runner on stdin, handed to the orchestrator (ORCHESTRATOR_URL,
+    /// PROXY_RUNNER_TOKEN, RUNNER_NAME).
+    Container,
+}
+
+/// Runs a hook; returns the process's exit code.
+pub async fn run(command: HookCommand) -> i32 {
+    match command {
+        HookCommand::Container => container().await,
+    }
+}
+
+/// Largest hook input (one line of JSON) read from stdin.
+const MAX_INPUT: usize = 16 * 1024 * 1024;
+/// Largest JSON answer (prepare, clean-up, errors) read from the orchestrator.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// Largest line of a step's output stream (a base64 chunk).
+const MAX_STREAM_LINE: usize = 16 * 1024 * 1024;
+/// Tries of a call that failed with no answer or a 5xx answer.
+const ATTEMPTS: u32 = 5;
+/// First pause between tries; it doubles (with jitter) up to 4 s.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A step may print nothing for a long time; a stream silent for longer
+/// than a job's default timeout (360 minutes) is dead.
+const STEP_IDLE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// An exit code the hook reports when it cannot report the step's.
+const EXIT_FAILURE: i32 = 1;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Command {
+    PrepareJob,
+    RunScriptStep,
+    RunContainerStep,
+    CleanupJob,
+}
+
+impl Command {
+    fn parse(name: &str) -> Option<Command> {
+        match name {
+            "prepare_job" => Some(Command::PrepareJob),
+            "run_script_step" => Some(Command::RunScriptStep),
+            "run_container_step" => Some(Command::RunContainerStep),
+            "cleanup_job" => Some(Command::CleanupJob),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Command::PrepareJob => "prepare_job",
+            Command::RunScriptStep => "run_script_step",
+            Command::RunContainerStep => "run_container_step",
+            Command::CleanupJob => "cleanup_job",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Command::PrepareJob => "/api/hooks/prepare-job",
+            Command::RunScriptStep => "/api/hooks/run-script-step",
+            Command::RunContainerStep => "/api/hooks/run-container-step",
+            Command::CleanupJob => "/api/hooks/cleanup-job",
+        }
+    }
+
+    /// How long one try may take, and all tries together. Preparing may
+    /// pull images; a step's budget covers only the wait for its stream.
+    fn timeouts(self) -> (Duration, Duration) {
+        match self {
+            Command::PrepareJob => (Duration::from_secs(300), Duration::from_secs(600)),
+            Command::CleanupJob => (Duration::from_secs(120), Duration::from_secs(180)),
+            Command::RunScriptStep | Command::RunContainerStep => {
+                (Duration::from_secs(120), Duration::from_secs(300))
+            }
+        }
+    }
+}
+
+/// Why the hook failed: the text of its one `::error::` line.
+struct Failure(String);
+
+impl<T: Into<String>> From<T> for Failure {
+    fn from(message: T) -> Failure {
+        Failure(message.into())
+    }
+}
+
+/// The runner's input.
+struct Input {
+    command: Command,
+    response_file: Option<String>,
+    args: Value,
+    state: Value,
+}
+
+/// What the hook knows from its environment.
+struct Settings {
+    /// Base URL without a trailing slash.
+    url: String,
+    /// The URL without any user:password part, for messages.
+    shown_url: String,
+    token: String,
+    runner_name: String,
+}
+
+/// Values that must never be printed.
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    fn redact(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for secret in &self.0 {
+            if secret.len() >= 3 {
+                text = text.replace(secret.as_str(), "***");
+            }
+        }
+        text
+    }
+}
+
+/// Where the hook writes: it remembers whether stdout ends a line, so that
+/// an `::error::` line after partial step output still starts a line.
+struct Output {
+    stdout: tokio::io::Stdout,
+    stderr: tokio::io::Stderr,
+    at_line_start: bool,
+    secrets: Secrets,
+}
+
+impl Output {
+    async fn stdout(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(last) = bytes.last() {
+            self.at_line_start = *last == b'\n';
+        }
+        self.stdout.write_all(bytes).await?;
+        self.stdout.flush().await
+    }
+
+    async fn stderr(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stderr.write_all(bytes).await?;
+        self.stderr.flush().await
+    }
+
+    /// A line of the hook's own on stdout (redacted, one line).
+    async fn line(&mut self, text: &str) {
+        let mut line = one_line(&self.secrets.redact(text));
+        line.push('\n');
+        if !self.at_line_start {
+            line.insert(0, '\n');
+        }
+        let _ = self.stdout(line.as_bytes()).await;
+    }
+
+    /// The one `::error::` line of a failure; returns the exit code.
+    async fn fail(&mut self, failure: Failure) -> i32 {
+        let message = escape_command_data(&self.secrets.redact(&failure.0));
+        self.line(&format!("::error::proxy-runner: {message}"))
+            .await;
+        EXIT_FAILURE
+    }
+}
+
+/// Control characters (line breaks included) become spaces; long texts are cut.
+fn one_line(text: &str) -> String {
+    let mut line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(2000)
+        .collect();
+    if text.chars().count() > 2000 {
+        line.push_str(" ...");
+    }
+    line
+}
+
+/// Workflow command data escaping (`%`, CR, LF), which the runner undoes.
+fn escape_command_data(text: &str) -> String {
+    text.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+async fn container() -> i32 {
+    let mut out = Output {
+        stdout: tokio::io::stdout(),
+        stderr: tokio::io::stderr(),
+        at_line_start: true,
+        secrets: Secrets(Vec::new()),
+    };
+    // The token is a secret from the start, whatever fails first.
+    if let Some(token) = token_from_env() {
+        out.secrets.0.push(token);
+    }
+    let code = match container_call(&mut out).await {
+        Ok(code) => code,
+        Err(failure) => out.fail(failure).await,
+    };
+    let _ = out.stdout.flush().await;
+    let _ = out.stderr.flush().await;
+    code
+}
+
+async fn container_call(out: &mut Output) -> Result<i32, Failure> {
+    let line = read_input(&mut tokio::io::stdin()).await?;
+    let input = parse_input(&line)?;
+    collect_passwords(&input.args, &mut out.secrets.0);
+    let settings = settings_from_env()?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_keepalive(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("proxy-runner-hook/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", e.without_url()))?;
+    let client = Client {
+        http,
+        settings,
+        command: input.command,
+    };
+    match input.command {
+        Command::PrepareJob => prepare_job(&client, &input, out).await,
+        Command::CleanupJob => cleanup_job(&client, &input, out).await,
+        Command::RunScriptStep | Command::RunContainerStep => run_step(&client, &input, out).await,
+    }
+}
+
+fn token_from_env() -> Option<String> {
+    ["PROXY_RUNNER_TOKEN", "RUNNER_TOKEN"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|t| t.trim().to_string())
+        .find(|t| !t.is_empty())
+}
+
+fn settings_from_env() -> Result<Settings, Failure> {
+    let url = std::env::var("ORCHESTRATOR_URL")
+        .ok()
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .ok_or("ORCHESTRATOR_URL is not set in the runner's environment")?;
+    let shown_url = without_userinfo(&url);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("ORCHESTRATOR_URL {shown_url:?} is not an http(s) URL").into());
+    }
+    let token = token_from_env().ok_or(
+        "no orchestrator token: PROXY_RUNNER_TOKEN (or RUNNER_TOKEN) is not set in the runner's environment",
+    )?;
+    let runner_name = std::env::var("RUNNER_NAME")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .ok_or("RUNNER_NAME is not set in the runner's environment")?;
+    Ok(Settings {
+        url,
+        shown_url,
+        token,
+        runner_name,
+    })
+}
+
+/// `scheme://user:password@host/...` without `user:password@`.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// One line from stdin, at most [`MAX_INPUT`] bytes.
+async fn read_input<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, Failure> {
+    let mut limited = tokio::io::BufReader::new(reader.take(MAX_INPUT as u64 + 1));
+    let mut line = Vec::new();
+    limited
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("cannot read the hook input from stdin: {e}"))?;
+    if line.len() > MAX_INPUT {
+        return Err(format!(
+            "the hook input is larger than {} MiB",
+            MAX_INPUT / (1024 * 1024)
+        )
+        .into());
+    }
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Err("no hook input on stdin (expected one line of JSON from the runner)".into());
+    }
+    Ok(line)
+}
+
+fn parse_input(line: &[u8]) -> Result<Input, Failure> {
+    // serde_json's messages may quote the input (registry passwords): only
+    // the position is shown.
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        format!(
+            "the hook input is not JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    let Value::Object(mut input) = value else {
+        return Err("the hook input is not a JSON object".into());
+    };
+    let command = match input.get("command") {
+        None | Some(Value::Null) => return Err("the hook input has no command".into()),
+        Some(Value::String(name)) => Command::parse(name).ok_or_else(|| {
+            format!(
+                "unknown hook command {:?} (expected prepare_job, run_script_step, run_container_step or cleanup_job)",
+                name.chars().take(64).collect::<String>()
+            )
+        })?,
+        Some(_) => return Err("the hook input's command is not a string".into()),
+    };
+    let response_file = match input.get("responseFile") {
+        Some(Value::String(path)) if !path.is_empty() => Some(path.clone()),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err("the hook input's responseFile is not a string".into()),
+    };
+    if command == Command::PrepareJob && response_file.is_none() {
+        return Err("the hook input has no responseFile (prepare_job needs one)".into());
+    }
+    let args = input.remove("args").unwrap_or(Value::Null);
+    if command != Command::CleanupJob && !args.is_object() {
+        return Err(format!(
+            "the hook input has no args (an object for {})",
+            command.name()
+        )
+        .into());
+    }
+    Ok(Input {
+        command,
+        response_file,
+        args,
+        state: input.remove("state").unwrap_or(Value::Null),
+    })
+}
+
+/// Every string under a key named `password` (registry logins).
+fn collect_passwords(value: &Value, into: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match v {
+                    Value::String(s) if key.eq_ignore_ascii_case("password") && !s.is_empty() => {
+                        into.push(s.clone())
+                    }
+                    _ => collect_passwords(v, into),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_passwords(v, into)),
+        _ => {}
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    settings: Settings,
+    command: Command,
+}
+
+/// The outcome of one try.
+enum Attempt {
+    Answer(reqwest::Response),
+    /// Worth another try (no answer, timeout, 5xx), with the reason.
+    Retry(String),
+}
+
+impl Client {
+    /// POSTs the call, trying again (exponential backoff with jitter) while
+    /// the orchestrator cannot be reached or answers 5xx. Returns a 2xx
+    /// answer; 4xx answers are final.
+    async fn post(&self, body: &Value) -> Result<reqwest::Response, Failure> {
+        let (per_try, overall) = self.command.timeouts();
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let left = overall.saturating_sub(started.elapsed());
+            let reason = match self.try_once(body, per_try.min(left)).await? {
+                Attempt::Answer(response) => return Ok(response),
+                Attempt::Retry(reason) => reason,
+            };
+            let pause = jitter(backoff);
+            if attempt >= ATTEMPTS || started.elapsed() + pause >= overall {
+                return Err(format!("{reason} (gave up after {attempt} tries)").into());
+            }
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(Duration::from_secs(4));
+            attempt += 1;
+        }
+    }
+
+    async fn try_once(&self, body: &Value, timeout: Duration) -> Result<Attempt, Failure> {
+        let url = format!("{}{}", self.settings.url, self.command.path());
+        let request = self
+            .http
+            .post(url)
+            .bearer_auth(&self.settings.token)
+            .json(body);
+        // Only the wait for the answer's head is bounded here: a step's
+        // stream may then run for hours.
+        let response = match tokio::time::timeout(timeout, request.send()).await {
+            Err(_) => {
+                return Ok(Attempt::Retry(format!(
+                    "the orchestrator at {} did not answer {} within {}s",
+                    self.settings.shown_url,
+                    self.command.name(),
+                    timeout.as_secs()
+                )));
+            }
+            Ok(Err(e)) => {
+                return Ok(Attempt::Retry(format!(
+                    "cannot reach the orchestrator at {}: {}",
+                    self.settings.shown_url,
+                    error_chain(&e.without_url())
+                )));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Attempt::Answer(response));
+        }
+        let detail = error_detail(response).await;
+        let what = format!(
+            "{} (HTTP {}{})",
+            self.command.name(),
+            status.as_u16(),
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            }
+        );
+        if status.is_server_error() {
+            return Ok(Attempt::Retry(format!("the orchestrator failed {what}")));
+        }
+        let hint = match status.as_u16() {
+            401 => " - is the runner's orchestrator token valid?",
+            403 => " - the job belongs to another runner",
+            404 => " - no such job (unknown or finished)",
+            _ => "",
+        };
+        Err(format!("the orchestrator refused {what}{hint}").into())
+    }
+
+    fn call_body(&self, input: &Input) -> Value {
+        let mut body = Map::new();
+        body.insert("runnerName".into(), json!(self.settings.runner_name));
+        if self.command != Command::CleanupJob {
+            body.insert("args".into(), input.args.clone());
+        }
+        body.insert("state".into(), input.state.clone());
+        Value::Object(body)
+    }
+}
+
+/// A transport error with its causes (hyper's own messages are terse).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Half to all of `base`, at random.
+fn jitter(base: Duration) -> Duration {
+    let half = base / 2;
+    half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
+}
+
+/// `code: message` of the contract's error body, else the start of the body.
+async fn error_detail(response: reqwest::Response) -> String {
+    let Ok(bytes) = read_capped(response, 64 * 1024).await else {
+        return String::new();
+    };
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    match parsed.as_ref().map(|v| &v["error"]) {
+        Some(Value::Object(error)) => {
+            let code = error.get("code").and_then(Value::as_str).unwrap_or("");
+            let message = error.get("message").and_then(Value::as_str).unwrap_or("");
+            match (code.is_empty(), message.is_empty()) {
+                (false, false) => format!("{code}: {message}"),
+                (false, true) => code.to_string(),
+                _ => message.to_string(),
+            }
+        }
+        _ => String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+    }
+}
+
+/// The whole body, refusing more than `max` bytes.
+async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| error_chain(&e.without_url()))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(format!("the answer is larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn json_answer(client: &Client, response: reqwest::Response) -> Result<Value, Failure> {
+    let name = client.command.name();
+    let bytes = read_capped(response, MAX_ANSWER)
+        .await
+        .map_err(|e| format!("cannot read the orchestrator's answer to {name}: {e}"))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| format!("the orchestrator's answer to {name} is not JSON").into())
+}
+
+async fn prepare_job(client: &Client, input: &Input, out: &mut Output) -> Result<i32, Failure> {
+    let response = client.post(&client.call_body(input)).await?;
+    let answer = json_answer(client, response).await?;
+    let Some(Value::Object(prepared)) = answer.get("response") else {
+        return Err("the orchestrator's answer to prepare_job has no response".into());
+    };
+    let is_alpine = prepared.get("isAlpine").cloned().unwrap_or(Value::Null);
+    if input.args.get("container").is_some_and(|c| !c.is_null()) && !is_alpine.is_boolean() {
+        return Err("the orchestrator's answer to prepare_job has no isAlpine".into());
+    }
+    // Exactly what the runner reads: state, context, isAlpine.
+    let file_content = json!({
+        "state": prepared.get("state").cloned().unwrap_or(Value::Null),
+        "context": prepared.get("context").cloned().unwrap_or(Value::Null),
+        "isAlpine": is_alpine,
+    });
+    let path = input.response_file.as_deref().unwrap_or_default();
+    write_response(Path::new(path), &file_content)?;
+    if let Some(Value::Array(notices)) = answer.get("notices") {
+        for notice in notices.iter().filter_map(Value::as_str) {
+            out.line(notice).await;
+        }
+    }
+    Ok(0)
+}
+
+fn write_response(path: &Path, content: &Value) -> Result<(), Failure> {
+    std::fs::write(path, content.to_string())
+        .map_err(|e| format!("cannot write the response file {}: {e}", path.display()).into())
+}
+
+async fn cleanup_job(client: &Client, input: &Input, out: &mut Output) -> Result<i32, Failure> {
+    let response = client.post(&client.call_body(input)).await?;
+    let answer = json_answer(client, response).await?;
+    let removed = answer.get("removed").and_then(Value::as_u64).unwrap_or(0);
+    let job = answer.get("jobId").and_then(Value::as_str).unwrap_or("?");
+    out.line(&format!(
+        "proxy-runner: job {job} cleaned up ({removed} containers removed)"
+    ))
+    .await;
+    Ok(0)
+}
+
+/// A step: its output is written as it arrives; the hook exits with the
+/// step's exit code. The call is tried again only before any of the
+/// stream arrived: a step never runs twice.
+async fn run_step(client: &Client, input: &Input, out: &mut Output) -> Result<i32, Failure> {
+    let mut response = client.post(&client.call_body(input)).await?;
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/x-ndjson") {
+        return Err(format!(
+            "the orchestrator answered {} with {content_type:?}, not a stream of application/x-ndjson",
+            client.command.name()
+        )
+        .into());
+    }
+    let mut buffer: Vec<u8> = Vec::new();
+    loop {
+        let chunk = match tokio::time::timeout(STEP_IDLE_TIMEOUT, response.chunk()).await {
+            Err(_) => {
+                return Err(format!(
+                    "the step's output stream was silent for {} hours",
+                    STEP_IDLE_TIMEOUT.as_secs() / 3600
+                )
+                .into());
+            }
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "the step's output stream broke before its exit code: {}",
+                    error_chain(&e.without_url())
+                )
+                .into());
+            }
+            Ok(Ok(None)) => {
+                return Err("the step's output stream ended before its exit code".into());
+            }
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        buffer.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(newline) = buffer[start..].iter().position(|b| *b == b'\n') {
+            let line = &buffer[start..start + newline];
+            start += newline + 1;
+            if let Some(code) = stream_line(line, out).await? {
+                return Ok(code);
+            }
+        }
+        buffer.drain(..start);
+        if buffer.len() > MAX_STREAM_LINE {
+            return Err(format!(
+                "a line of the step's output stream is longer than {} MiB",
+                MAX_STREAM_LINE / (1024 * 1024)
+            )
+            .into());
+        }
+    }
+}
+
+/// Handles one line of a step's stream; `Some(exit code)` ends the step.
+async fn stream_line(line: &[u8], out: &mut Output) -> Result<Option<i32>, Failure> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        // Blank lines keep a quiet stream alive.
+        return Ok(None);
+    }
+    let Ok(Value::Object(event)) = serde_json::from_slice::<Value>(line) else {
+        return Err(
+            "the orchestrator sent a line that is not a JSON object in the step's stream".into(),
+        );
+    };
+    for (key, stream) in [("stdout", true), ("stderr", false)] {
+        let Some(data) = event.get(key) else {
+            continue;
+        };
+        let bytes = data
+            .as_str()
+            .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+            .ok_or_else(|| format!("the orchestrator sent {key} that is not base64"))?;
+        let written = if stream {
+            out.stdout(&bytes).await
+        } else {
+            out.stderr(&bytes).await
+        };
+        written.map_err(|e| format!("cannot write the step's {key}: {e}"))?;
+    }
+    if let Some(error) = event.get("error") {
+        let code = error.get("code").and_then(Value::as_str).unwrap_or("error");
+        let message = error.get("message").and_then(Value::as_str).unwrap_or("");
+        return Err(format!("the orchestrator stopped the step: {code}: {message}").into());
+    }
+    if let Some(code) = event.get("exitCode") {
+        return match code.as_i64() {
+            Some(n) if n < 0 => Err(format!("the step ended with exit code {n}").into()),
+            Some(n) => Ok(Some(i32::try_from(n.min(255)).unwrap_or(255))),
+            None => Err("the step's stream ended without an exit code".into()),
+        };
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_userinfo() {
+        assert_eq!(without_userinfo("https://u:p@h:1/x"), "https://h:1/x");
+        assert_eq!(without_userinfo("http://h/a@b"), "http://h/a@b");
+        assert_eq!(without_userinfo("http://h"), "http://h");
+    }
+
+    #[test]
+    fn passwords_are_found_anywhere_in_the_args() {
+        let mut found = Vec::new();
+        collect_passwords(
+            &json!({"container": {"registry": {"password": "p1"}}, "services": [{"registry": {"Password": "p2"}}, {"registry": null}]}),
+            &mut found,
+        );
+        assert_eq!(found, ["p1", "p2"]);
+    }
+
+    #[test]
+    fn error_text_is_one_escaped_line() {
+        assert_eq!(one_line("a\nb\rc"), "a b c");
+        assert_eq!(escape_command_data("100%\n"), "100%25%0A");
+        let secrets = Secrets(vec!["hunter2".into(), "x".into()]);
+        assert_eq!(secrets.redact("a hunter2 x"), "a *** x");
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_all() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_millis(800));
+            assert!(d >= Duration::from_millis(400) && d <= Duration::from_millis(800));
+        }
+    }
+}
