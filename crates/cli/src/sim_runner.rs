@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use proxy_runner_emulator::runner::{RunOptions, ShellExecutor, SimRunner};
+use proxy_runner_emulator::runner::{RunOptions, RunnerHost, ShellExecutor, SimRunner};
 use secrecy::SecretString;
 
 #[derive(Args)]
@@ -56,8 +56,9 @@ pub async fn run(args: SimRunnerArgs) -> i32 {
         }
     };
     // The credential is in the runner now; the steps get a clean environment.
+    // Like the real runner, it runs the hooks its environment names.
     let runner = match runner {
-        Ok(r) => r,
+        Ok(r) => r.with_host(RunnerHost::from_process()),
         Err(e) => {
             eprintln!("error: {e}");
             return e.exit_code();

@@ -250,6 +250,7 @@ impl NewJob {
             exit_code: None,
             conclusion: None,
             revision: 0,
+            job_container: None,
         }
     }
 }
@@ -301,6 +302,35 @@ pub struct Job {
     /// The store's revision of this record; every write bumps it.
     #[serde(default)]
     pub revision: u64,
+    /// Proxy path: the container the job's steps run in, its services, and
+    /// the steps run so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_container: Option<JobContainerRecord>,
+}
+
+/// What the orchestrator created for a proxy-path job at `prepare_job`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobContainerRecord {
+    /// The job container; `None` for a job with services only.
+    pub id: Option<String>,
+    pub image: Option<String>,
+    pub network: String,
+    pub services: Vec<ServiceRecord>,
+    /// Script and container steps run in it so far.
+    pub steps_run: u32,
+    pub last_step_exit_code: Option<i32>,
+    /// When everything of the job was removed from the engine.
+    pub removed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRecord {
+    /// The service's name in the workflow (`contextName`), its network alias.
+    pub name: String,
+    pub id: String,
+    pub image: String,
 }
 
 impl Job {
@@ -480,6 +510,49 @@ impl Job {
         self.exit_code = exit_code.or(self.exit_code);
         self.conclusion = conclusion.or(self.conclusion.take());
         Ok(target)
+    }
+}
+
+impl Job {
+    /// Proxy path: the job's containers were created at `prepare_job`.
+    /// (`container_id` stays the autoscaling path's: the engine's exit
+    /// events of these containers are not a runner's end.)
+    pub fn containers_prepared(&mut self, record: JobContainerRecord, now: DateTime<Utc>) {
+        self.job_container = Some(record);
+        self.updated_at = now;
+    }
+
+    /// Proxy path: one more step ran in the job's container.
+    pub fn step_ran(&mut self, exit_code: Option<i32>, now: DateTime<Utc>) {
+        if let Some(record) = &mut self.job_container {
+            record.steps_run += 1;
+            record.last_step_exit_code = exit_code;
+        }
+        self.updated_at = now;
+    }
+
+    /// Proxy path: the job's containers are gone from the engine.
+    pub fn containers_removed(&mut self, now: DateTime<Utc>) {
+        if let Some(record) = &mut self.job_container
+            && record.removed_at.is_none()
+        {
+            record.removed_at = Some(now);
+        }
+        self.updated_at = now;
+    }
+
+    /// Whether the job has proxy-path containers that were not removed yet.
+    pub fn has_live_job_containers(&self) -> bool {
+        self.job_container
+            .as_ref()
+            .is_some_and(|r| r.removed_at.is_none())
+    }
+
+    /// A delegated job whose completion never came within the job timeout.
+    pub fn timed_out(&mut self, reason: String, now: DateTime<Utc>) -> Result<(), TransitionError> {
+        self.transition(JobStatus::Failed, now)?;
+        self.last_error = Some(reason);
+        Ok(())
     }
 }
 

@@ -19,6 +19,7 @@ pub mod schedule;
 pub mod sync;
 
 pub use job::{
-    DelegationKey, Job, JobSource, JobStatus, NewJob, TransitionError, conclusion_to_status,
+    DelegationKey, Job, JobContainerRecord, JobSource, JobStatus, NewJob, ServiceRecord,
+    TransitionError, conclusion_to_status,
 };
 pub use labels::{LabelSet, Labels};

@@ -188,9 +188,7 @@ fn keys(v: &Value) -> BTreeSet<String> {
 }
 
 fn fixture(name: &str) -> Value {
-    let text = std::fs::read_to_string(support::fixture(&format!("container-hooks/{name}")))
-        .expect("fixture");
-    serde_json::from_str(&text).unwrap()
+    proxy_runner_test_support::fixture_json(&format!("container-hooks/{name}"))
 }
 
 fn names(log: &Value) -> Vec<String> {

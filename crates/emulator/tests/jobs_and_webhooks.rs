@@ -33,9 +33,7 @@ fn keys(v: &Value) -> BTreeSet<String> {
 }
 
 fn fixture_payload(name: &str) -> Value {
-    let text = std::fs::read_to_string(support::fixture(&format!("github/{name}.payload.json")))
-        .expect("fixture payload");
-    serde_json::from_str(&text).unwrap()
+    proxy_runner_test_support::fixture_json(&format!("github/{name}.payload.json"))
 }
 
 /// Verifies X-Hub-Signature-256 independently of the emulator's code.

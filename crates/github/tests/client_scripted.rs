@@ -891,16 +891,10 @@ async fn app_not_installed_is_not_found() {
 
 #[test]
 fn load_private_key_validates_the_pem() {
-    let path = format!(
-        "{}/../../fixtures/test-keys/github-app-test.private.pem",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = proxy_runner_test_support::fixture_path("test-keys/github-app-test.private.pem");
     let key = proxy_runner_github::load_private_key(&path).unwrap();
     assert!(key.expose_secret().contains("PRIVATE KEY"));
-    let public = format!(
-        "{}/../../fixtures/test-keys/github-app-test.public.pem",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let public = proxy_runner_test_support::fixture_path("test-keys/github-app-test.public.pem");
     assert!(matches!(
         proxy_runner_github::load_private_key(&public),
         Err(proxy_runner_github::KeyError::Invalid(_))

@@ -108,10 +108,7 @@ async fn secrets_never_reach_logs_or_errors() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let key_path = format!(
-        "{}/../../fixtures/test-keys/github-app-test.private.pem",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let key_path = proxy_runner_test_support::fixture_path("test-keys/github-app-test.private.pem");
     let private_key = load_private_key(&key_path).unwrap();
     let mut secrets: Vec<String> = vec![
         PAT.into(),

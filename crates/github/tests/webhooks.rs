@@ -155,7 +155,7 @@ fn every_fixture_parses_into_the_right_fields() {
             organization_id: None,
         },
     ];
-    let dir = format!("{}/../../fixtures/github", env!("CARGO_MANIFEST_DIR"));
+    let dir = proxy_runner_test_support::fixture_path("github");
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -22,8 +22,11 @@ pub const PAT: &str = "ghp_emulatortestpat0000000000000000000001";
 pub const OTHER_PAT: &str = "ghp_emulatortestpat0000000000000000000002";
 pub const APP_ID: u64 = 424242;
 
+/// The repository's `fixtures/{path}`, as a path string.
 pub fn fixture(path: &str) -> String {
-    format!("{}/../../fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
+    proxy_runner_test_support::fixture_path(path)
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub fn app_private_key() -> Vec<u8> {

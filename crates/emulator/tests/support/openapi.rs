@@ -23,11 +23,7 @@ pub enum Coverage {
 
 impl OpenApi {
     pub fn load() -> OpenApi {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../fixtures/github/openapi-runners.yaml"
-        );
-        let text = std::fs::read_to_string(path).expect("the OpenAPI fixture is readable");
+        let text = proxy_runner_test_support::fixture_text("github/openapi-runners.yaml");
         let doc: Value = serde_yaml::from_str(&text).expect("the OpenAPI fixture is valid YAML");
         OpenApi { doc }
     }

@@ -170,8 +170,7 @@ pub fn pat_client(url: &str, tweak: impl FnOnce(&mut GitHubConfig)) -> GitHubCli
 }
 
 pub fn fixture(rel: &str) -> String {
-    let path = format!("{}/../../fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+    proxy_runner_test_support::fixture_text(rel)
 }
 
 pub fn runner_json(id: u64, name: &str) -> serde_json::Value {
