@@ -615,6 +615,71 @@ async fn a_service_is_reachable_by_alias_from_its_job_network_only() {
 }
 
 #[tokio::test]
+async fn ports_are_published_only_when_the_policy_says_so() {
+    let Some(scope) = common::Scope::new("jc-ports").await else {
+        return;
+    };
+    let roots = roots();
+    let network = scope.network("net").await;
+    let job = Uuid::now_v7();
+    let serve =
+        "mkdir -p /tmp/www && echo PONG > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www";
+    let mappings = vec!["127.0.0.1::8080".to_string()];
+
+    let quiet = policy(&scope, &roots)
+        .check_ports(&mappings)
+        .expect("ports");
+    let mut unpublished = service_spec(&scope, &network, job, "quiet", serve);
+    unpublished.ports = quiet.ports;
+    let started = scope
+        .docker
+        .start_service(&unpublished)
+        .await
+        .expect("service");
+    assert!(started.ports.is_empty(), "{:?}", started.ports);
+
+    let publishing = ProxyPolicy {
+        publish_ports: true,
+        ..policy(&scope, &roots)
+    };
+    let mut published = service_spec(&scope, &network, job, "loud", serve);
+    published.ports = publishing.check_ports(&mappings).expect("ports").ports;
+    let started = scope
+        .docker
+        .start_service(&published)
+        .await
+        .expect("service");
+    let host_port: u16 = started
+        .ports
+        .get("8080/tcp")
+        .and_then(|p| p.parse().ok())
+        .expect("a host port for 8080/tcp");
+    // Reachable from the host on the reported port once it listens.
+    let mut answer = String::new();
+    for _ in 0..100 {
+        if let Ok(text) = http_get(host_port).await
+            && text.contains("PONG")
+        {
+            answer = text;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answer.contains("PONG"), "{answer:?}");
+}
+
+async fn http_get(port: u16) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text)
+}
+
+#[tokio::test]
 async fn a_container_step_runs_to_completion_and_is_removed() {
     let Some(scope) = common::Scope::new("jc-step").await else {
         return;
