@@ -130,6 +130,24 @@ impl DockerBackend {
         &self.host
     }
 
+    /// Where secret values wait for the transport (for sibling modules).
+    pub(crate) fn vault(&self) -> &SecretVault {
+        &self.vault
+    }
+
+    /// Size of each tmpfs mount of a container.
+    pub(crate) fn tmpfs_size(&self) -> &str {
+        &self.options.tmpfs_size
+    }
+
+    /// The engine's socket, when it is reached through one.
+    pub(crate) fn socket_path(&self) -> Option<&std::path::Path> {
+        match self.endpoint.as_ref() {
+            Endpoint::Unix(path) => Some(path),
+            Endpoint::Tcp(_) => None,
+        }
+    }
+
     /// The bollard client, version-negotiated. Do not pass secrets through
     /// it: bollard logs request bodies; [`DockerBackend::start`] does not.
     pub async fn client(&self) -> Result<&Docker, BackendError> {

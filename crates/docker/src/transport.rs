@@ -4,9 +4,10 @@
 //! crate) before it sends it, and the container-create body carries the job's
 //! environment, JIT runner config included. So secret values never enter a
 //! body that bollard sees: the backend puts a random placeholder in their
-//! place, and this transport swaps the real value in on the wire, after all of
-//! bollard's logging. It also owns the connection, so a missing socket is an
-//! error of the request (and `ping`), not of construction.
+//! place, and this transport swaps the real value in on the wire (container
+//! and exec creation), after all of bollard's logging. It also owns the
+//! connection, so a missing socket is an error of the request (and `ping`),
+//! not of construction.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -149,7 +150,10 @@ pub(crate) async fn send(
 
     let rewrite = if parts.method != Method::POST {
         None
-    } else if parts.uri.path().ends_with("/containers/create") {
+    } else if parts.uri.path().ends_with("/containers/create")
+        // Exec creation (`/containers/{id}/exec`) carries a step's env too.
+        || parts.uri.path().ends_with("/exec")
+    {
         Some(Rewrite::RevealSecrets)
     } else if parts.uri.path().ends_with("/networks/create") {
         Some(Rewrite::CheckDuplicate)

@@ -228,7 +228,7 @@ impl ProxyPolicy {
         if let Some(bad) = self
             .allowed_images
             .iter()
-            .find(|p| p.is_empty() || p[..p.len() - 1].contains('*'))
+            .find(|p| p.is_empty() || p.strip_suffix('*').unwrap_or(p).contains('*'))
         {
             return Err(PolicyError::Config(format!(
                 "image pattern {bad:?}: only a trailing * is supported"
@@ -1004,6 +1004,10 @@ mod tests {
         assert_eq!(policy().validate(), Ok(()));
         let mut p = policy();
         p.allowed_images = vec!["ghcr.io/*/tool".into()];
+        assert!(p.validate().is_err());
+        p.allowed_images = vec!["registry.example/équipe/*".into(), "ü".into()];
+        assert_eq!(p.validate(), Ok(()));
+        p.allowed_images = vec![String::new()];
         assert!(p.validate().is_err());
         let mut p = policy();
         p.limits.default_nano_cpus = p.limits.max_nano_cpus + 1;
