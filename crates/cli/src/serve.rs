@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use proxy_runner_docker::{DockerBackend, DockerOptions};
+use proxy_runner_domain::job_containers::JobContainers;
 use proxy_runner_domain::ports::{
     ContainerBackend, JobStore, QueuedJobFeed, RunnerRegistry, WorkflowJobInfo,
 };
@@ -95,17 +96,21 @@ async fn ports(config: &Config) -> anyhow::Result<Ports> {
     } else {
         Arc::new(SqliteStore::open(&config.database).await?)
     };
-    let backend: Arc<dyn ContainerBackend> = match config.backend {
-        BackendKind::DryRun => Arc::new(DryRunBackend::new()),
-        BackendKind::Docker => Arc::new(
-            DockerBackend::connect(DockerOptions {
-                instance: Some(config.instance.clone()),
-                ..DockerOptions::default()
-            })
-            .await
-            .context("cannot set up the Docker backend")?,
-        ),
-    };
+    let (backend, job_containers): (Arc<dyn ContainerBackend>, Option<Arc<dyn JobContainers>>) =
+        match config.backend {
+            BackendKind::DryRun => (Arc::new(DryRunBackend::new()), None),
+            BackendKind::Docker => {
+                let docker = Arc::new(
+                    DockerBackend::connect(DockerOptions {
+                        instance: Some(config.instance.clone()),
+                        ..DockerOptions::default()
+                    })
+                    .await
+                    .context("cannot set up the Docker backend")?,
+                );
+                (docker.clone(), Some(docker))
+            }
+        };
     let github = github_client(config)?;
     let feed = match &github {
         // Runs leave `queued` when their first job starts: later jobs of a
@@ -126,6 +131,7 @@ async fn ports(config: &Config) -> anyhow::Result<Ports> {
         backend,
         registry: github.map(|c| Arc::new(c) as Arc<dyn RunnerRegistry>),
         feed,
+        job_containers,
         sources: Sources::system(),
     })
 }

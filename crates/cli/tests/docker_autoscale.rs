@@ -35,6 +35,7 @@ fn autoscaler(
             backend,
             registry: Some(registry),
             feed: None,
+            job_containers: None,
             sources: Sources::system(),
         },
     );

@@ -134,6 +134,9 @@ pub trait JobStore: Send + Sync + 'static {
         runner_name: &str,
         job_key: &str,
     ) -> Result<Option<Job>, StoreError>;
+    /// The newest unfinished hook-delegated job of `runner_name` (a proxy
+    /// runner runs one job at a time).
+    async fn find_active_hook_job(&self, runner_name: &str) -> Result<Option<Job>, StoreError>;
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
     /// Writes `job` if the stored record is still the one `job` was read as:
     /// status `expected` and the same `revision` (compare and set). On

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
+use proxy_runner_domain::job_containers::JobContainers;
 use proxy_runner_domain::labels::{LabelError, LabelSet};
 use proxy_runner_domain::ports::{ContainerBackend, JobStore, QueuedJobFeed, RunnerRegistry};
 use proxy_runner_domain::schedule::Caps;
@@ -16,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::autoscaler::{AutoscaleConfig, Autoscaler, Pool};
-use crate::config::Config;
+use crate::config::{Config, JobPath};
+use crate::hook_api::{self, HookApiState};
 use crate::metrics as m;
+use crate::proxy::{ProxyConfig, ProxyJobs};
 use crate::service::Orchestrator;
 use crate::sources::Sources;
 use crate::webhook::{self, WebhookState};
@@ -31,6 +34,9 @@ pub struct Ports {
     pub registry: Option<Arc<dyn RunnerRegistry>>,
     /// The poller, for setups webhooks cannot reach.
     pub feed: Option<Arc<dyn QueuedJobFeed>>,
+    /// The engine's side of the proxy path (the Docker backend); with a
+    /// `[proxy]` section it serves the container hooks.
+    pub job_containers: Option<Arc<dyn JobContainers>>,
     pub sources: Sources,
 }
 
@@ -40,6 +46,7 @@ pub struct System {
     pub router: Router,
     pub orchestrator: Arc<Orchestrator>,
     pub autoscaler: Option<Arc<Autoscaler>>,
+    pub proxy: Option<Arc<ProxyJobs>>,
     feed: Option<Arc<dyn QueuedJobFeed>>,
 }
 
@@ -54,7 +61,7 @@ impl System {
     /// ticks and graces this way).
     pub fn build_with(config: &Config, autoscale: AutoscaleConfig, ports: Ports) -> System {
         crate::metrics::describe();
-        let autoscaler = ports.registry.map(|registry| {
+        let autoscaler = ports.registry.clone().map(|registry| {
             Arc::new(Autoscaler::new(
                 ports.store.clone(),
                 ports.backend.clone(),
@@ -73,17 +80,26 @@ impl System {
                 "no admin token configured (PROXY_RUNNER_ADMIN_TOKEN): admin calls will be refused"
             );
         }
-        let orchestrator = Arc::new(Orchestrator::new(
-            ports.store.clone(),
-            ports.backend,
-            ports.sources.clone(),
-            config.admin_token.get().cloned(),
-        ));
+        let proxy = proxy_jobs(config, &ports);
+        let orchestrator = Arc::new(
+            Orchestrator::new(
+                ports.store.clone(),
+                ports.backend,
+                ports.sources.clone(),
+                config.admin_token.get().cloned(),
+            )
+            .with_proxy(proxy.clone()),
+        );
+        let state = AppState {
+            orchestrator: orchestrator.clone(),
+            metrics: crate::metrics::prometheus(),
+            started: Instant::now(),
+        };
         let router = app(
-            AppState {
-                orchestrator: orchestrator.clone(),
-                metrics: crate::metrics::prometheus(),
-                started: Instant::now(),
+            state.clone(),
+            HookApiState {
+                app: state,
+                proxy: proxy.clone(),
             },
             WebhookState {
                 secret: config.github.webhook_secret.get().cloned(),
@@ -96,6 +112,7 @@ impl System {
             router,
             orchestrator,
             autoscaler,
+            proxy,
             feed: ports.feed,
         }
     }
@@ -103,10 +120,14 @@ impl System {
     /// Starts the background tasks (scheduler, engine events, reconciler,
     /// poller) until `stop`.
     pub fn spawn(&self, stop: CancellationToken) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if let Some(proxy) = &self.proxy {
+            tasks.push(proxy.spawn_reaper(stop.clone()));
+        }
         let Some(scaler) = &self.autoscaler else {
-            return Vec::new();
+            return tasks;
         };
-        let mut tasks = scaler.spawn(stop.clone());
+        tasks.extend(scaler.spawn(stop.clone()));
         if let Some(feed) = &self.feed {
             tasks.push(scaler.spawn_poller(feed.clone(), stop));
         }
@@ -114,10 +135,44 @@ impl System {
     }
 }
 
+/// The proxy path's use cases, when configured and the engine can serve it.
+fn proxy_jobs(config: &Config, ports: &Ports) -> Option<Arc<ProxyJobs>> {
+    let section = config.proxy.clone()?;
+    let Some(containers) = ports.job_containers.clone() else {
+        tracing::warn!(
+            "[proxy] is configured but the container engine cannot run job containers (dry-run backend): container hooks are off"
+        );
+        return None;
+    };
+    let label_sets = config
+        .runners
+        .label_sets
+        .iter()
+        .filter(|s| s.path == JobPath::Proxy)
+        .filter_map(|s| {
+            let labels = LabelSet::parse_list(s.labels.iter().map(String::as_str)).ok()?;
+            Some((labels, s.profile.unwrap_or(section.profile)))
+        })
+        .collect();
+    Some(Arc::new(ProxyJobs::new(
+        ports.store.clone(),
+        containers,
+        ports.backend.clone(),
+        ports.sources.clone(),
+        ProxyConfig {
+            instance: config.instance.clone(),
+            network_prefix: config.runners.network_prefix.clone(),
+            section,
+            label_sets,
+        },
+    )))
+}
+
 /// The served router: the API and the webhook receiver, one JSON answer for
 /// unknown routes and methods, and every request counted.
-pub fn app(state: AppState, webhooks: WebhookState) -> Router {
+pub fn app(state: AppState, hooks: HookApiState, webhooks: WebhookState) -> Router {
     api::routes(state)
+        .merge(hook_api::routes(hooks))
         .merge(webhook::routes(webhooks))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
@@ -146,6 +201,7 @@ pub fn autoscale_config(config: &Config) -> Result<AutoscaleConfig, LabelError> 
         .map(|set| {
             Ok(Pool {
                 labels: LabelSet::parse_list(set.labels.iter().map(String::as_str))?,
+                path: set.path,
                 image: set.image.clone(),
                 hardening: set.hardening.clone(),
             })

@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use proxy_runner_domain::policy::{HardeningProfile, ProxyPolicy, ResourceLimits};
 use proxy_runner_domain::ports::Hardening;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,9 @@ pub struct Config {
     pub instance: String,
     pub github: GitHubSection,
     pub runners: RunnersSection,
+    /// The proxy path (container hooks); absent: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySection>,
 }
 
 impl Default for Config {
@@ -110,6 +114,7 @@ impl Default for Config {
             instance: "default".into(),
             github: GitHubSection::default(),
             runners: RunnersSection::default(),
+            proxy: None,
         }
     }
 }
@@ -205,10 +210,82 @@ impl Default for RunnersSection {
     }
 }
 
+/// Which path serves the jobs of a label set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobPath {
+    /// An ephemeral runner container per queued job.
+    #[default]
+    Autoscale,
+    /// Long-lived proxy runners take the jobs; their container hooks run
+    /// the steps in containers the orchestrator creates.
+    Proxy,
+}
+
+/// `[proxy]`: the container-hook side of the proxy path. The orchestrator is
+/// the only holder of the engine, so this is the security boundary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySection {
+    /// Images jobs may use: exact references, or a prefix ending in `*`.
+    pub images: Vec<String>,
+    /// Pull missing images (with the workflow's registry credentials, held
+    /// in memory only). Off: a missing image fails `prepare_job`.
+    pub pull: bool,
+    /// Publish `ports:` on the host; off, services are reachable only from
+    /// the job's container, by name.
+    pub publish_ports: bool,
+    /// The proxy runners' work folder (`_work`) as this host sees it; job
+    /// mounts must be inside it or `externals_root`.
+    pub work_root: PathBuf,
+    pub externals_root: PathBuf,
+    /// Hardening of proxy-path containers unless a label set says otherwise.
+    pub profile: HardeningProfile,
+    pub limits: ResourceLimits,
+    /// A delegated job whose completion never comes is closed, and its
+    /// containers removed, after this long (GitHub's own job limit: 6 h).
+    pub job_timeout_secs: u64,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            images: Vec::new(),
+            pull: false,
+            publish_ports: false,
+            work_root: PathBuf::new(),
+            externals_root: PathBuf::new(),
+            profile: HardeningProfile::Standard,
+            limits: ResourceLimits::default(),
+            job_timeout_secs: 6 * 3600,
+        }
+    }
+}
+
+impl ProxySection {
+    /// The policy of proxy-path containers under `profile`.
+    pub fn policy(&self, profile: HardeningProfile) -> ProxyPolicy {
+        ProxyPolicy {
+            allowed_images: self.images.clone(),
+            profile,
+            limits: self.limits.clone(),
+            work_root: self.work_root.clone(),
+            externals_root: self.externals_root.clone(),
+            publish_ports: self.publish_ports,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LabelSetConfig {
     pub labels: Vec<String>,
+    /// `autoscale` (default) or `proxy`.
+    #[serde(default)]
+    pub path: JobPath,
+    /// Proxy path: `standard` or `strict` (default: `proxy.profile`).
+    #[serde(default)]
+    pub profile: Option<HardeningProfile>,
     /// Image for jobs of this set (default: `runners.image`).
     #[serde(default)]
     pub image: Option<String>,
@@ -367,6 +444,64 @@ impl Config {
         if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_RUNNER_IMAGE")? {
             self.runners.image = v;
         }
+        self.apply_proxy_env(env)
+    }
+
+    /// `PROXY_RUNNER_PROXY_*`: any of them turns the proxy path on.
+    fn apply_proxy_env(&mut self, env: &dyn EnvSource) -> Result<(), ConfigError> {
+        let images = env_parse::<String>(env, "PROXY_RUNNER_PROXY_IMAGES")?;
+        let pull = env_parse::<bool>(env, "PROXY_RUNNER_PROXY_PULL")?;
+        let publish = env_parse::<bool>(env, "PROXY_RUNNER_PROXY_PUBLISH_PORTS")?;
+        let work = env_parse::<String>(env, "PROXY_RUNNER_PROXY_WORK_ROOT")?;
+        let externals = env_parse::<String>(env, "PROXY_RUNNER_PROXY_EXTERNALS_ROOT")?;
+        let profile = env_parse::<String>(env, "PROXY_RUNNER_PROXY_PROFILE")?;
+        let timeout = env_parse::<u64>(env, "PROXY_RUNNER_PROXY_JOB_TIMEOUT_SECS")?;
+        let any = images.is_some()
+            || pull.is_some()
+            || publish.is_some()
+            || work.is_some()
+            || externals.is_some()
+            || profile.is_some()
+            || timeout.is_some();
+        if !any {
+            return Ok(());
+        }
+        let proxy = self.proxy.get_or_insert_with(ProxySection::default);
+        if let Some(v) = images {
+            proxy.images = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = pull {
+            proxy.pull = v;
+        }
+        if let Some(v) = publish {
+            proxy.publish_ports = v;
+        }
+        if let Some(v) = work {
+            proxy.work_root = PathBuf::from(v);
+        }
+        if let Some(v) = externals {
+            proxy.externals_root = PathBuf::from(v);
+        }
+        if let Some(v) = profile {
+            proxy.profile = match v.as_str() {
+                "standard" => HardeningProfile::Standard,
+                "strict" => HardeningProfile::Strict,
+                other => {
+                    return Err(ConfigError::Env {
+                        name: "PROXY_RUNNER_PROXY_PROFILE".into(),
+                        message: format!("{other:?} is not standard or strict"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = timeout {
+            proxy.job_timeout_secs = v;
+        }
         Ok(())
     }
 
@@ -410,6 +545,34 @@ impl Config {
                     h.user
                 ));
             }
+        }
+        if let Some(proxy) = &self.proxy {
+            for (name, root) in [
+                ("proxy.work_root", &proxy.work_root),
+                ("proxy.externals_root", &proxy.externals_root),
+            ] {
+                if !root.as_os_str().is_empty() && !root.is_absolute() {
+                    return bad(format!(
+                        "{name} {} must be an absolute path",
+                        root.display()
+                    ));
+                }
+            }
+            if proxy.work_root.as_os_str().is_empty() {
+                return bad("proxy.work_root is required: the runners' work folder (_work) as this host sees it".into());
+            }
+            if proxy.job_timeout_secs == 0 {
+                return bad("proxy.job_timeout_secs must be at least 1".into());
+            }
+            proxy
+                .policy(proxy.profile)
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("proxy: {e}")))?;
+        } else if r.label_sets.iter().any(|s| s.path == JobPath::Proxy) {
+            return bad(
+                "a runners.label_sets entry has path = \"proxy\" but there is no [proxy] section"
+                    .into(),
+            );
         }
         let gh = &self.github;
         if gh.app_id.is_some() != gh.private_key_path.is_some() {

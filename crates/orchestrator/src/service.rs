@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::audit::{Auditor, retry_cas};
 use crate::auth::{self, Principal};
 use crate::metrics as m;
+use crate::proxy::ProxyJobs;
 use crate::requests::{Completion, Delegation};
 use crate::sources::Sources;
 
@@ -52,6 +53,8 @@ pub struct Orchestrator {
     pub sources: Sources,
     audit: Auditor,
     admin_token: Option<SecretString>,
+    /// The proxy path, when configured: a job's containers go with its end.
+    proxy: Option<Arc<ProxyJobs>>,
 }
 
 /// A freshly issued runner token: the only time the token itself is seen.
@@ -73,7 +76,14 @@ impl Orchestrator {
             backend,
             sources,
             admin_token,
+            proxy: None,
         }
+    }
+
+    /// Turns on the proxy path's clean-up at completion and delegation.
+    pub fn with_proxy(mut self, proxy: Option<Arc<ProxyJobs>>) -> Self {
+        self.proxy = proxy;
+        self
     }
 
     /// Resolves a bearer token to a principal.
@@ -111,6 +121,11 @@ impl Orchestrator {
             return Err(ServiceError::Forbidden(format!(
                 "runnerName {runner_name:?} is not the runner this token was issued for"
             )));
+        }
+        if let (Some(proxy), Some(key)) = (&self.proxy, delegation.job.delegation_key())
+            && let Err(e) = proxy.before_delegation(&runner_name, &key).await
+        {
+            tracing::warn!(runner = %runner_name, error = %e, "cannot close the runner's previous job");
         }
         let now = self.sources.clock.now();
         // The hook runs on the runner that already holds the job: it is running.
@@ -234,6 +249,7 @@ impl Orchestrator {
                 .ok_or_else(|| ServiceError::NotFound(format!("job {id} vanished")))?,
         };
         if job.status.is_terminal() {
+            self.release_containers(&job).await;
             return Ok(Some(job));
         }
         let expected = job.status;
@@ -249,6 +265,7 @@ impl Orchestrator {
         metrics::counter!(m::JOBS_COMPLETED, "conclusion" => shown.clone()).increment(1);
         metrics::counter!(m::JOB_TRANSITIONS, "to" => target.as_str()).increment(1);
         tracing::info!(job = %job.id, conclusion = %shown, exit_code = ?job.exit_code, "job completed");
+        self.release_containers(&job).await;
         self.audit
             .record(
                 &who.actor(),
@@ -258,6 +275,17 @@ impl Orchestrator {
             )
             .await;
         Ok(Some(job))
+    }
+
+    /// Proxy path: a finished job's containers go (when its runner was
+    /// killed, no `cleanup_job` comes).
+    async fn release_containers(&self, job: &Job) {
+        if let Some(proxy) = &self.proxy
+            && job.has_live_job_containers()
+            && let Err(e) = proxy.release(job).await
+        {
+            tracing::warn!(job = %job.id, error = %e, "cannot remove the job's containers; the reaper will");
+        }
     }
 
     pub async fn get_job(&self, who: &Principal, id: &str) -> ServiceResult<Job> {

@@ -156,6 +156,7 @@ async fn a_queued_webhook_becomes_a_job_a_jit_config_and_a_runner_that_takes_the
             backend: backend.clone(),
             registry: Some(Arc::new(client)),
             feed: None,
+            job_containers: None,
             sources: Sources::system(),
         },
     );

@@ -238,6 +238,22 @@ impl JobStore for SqliteStore {
         .transpose()
     }
 
+    async fn find_active_hook_job(&self, runner_name: &str) -> Result<Option<Job>, StoreError> {
+        sqlx::query(
+            "SELECT data, revision FROM jobs
+             WHERE runner_name = ? AND delegation_key IS NOT NULL
+               AND status NOT IN ('completed', 'failed', 'cancelled')
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(runner_name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+    }
+
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
         let limit = filter.limit.clamp(1, MAX_PAGE) as i64;
         let rows = sqlx::query(

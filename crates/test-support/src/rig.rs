@@ -77,6 +77,7 @@ impl Rig {
                 .github
                 .then(|| registry.clone() as Arc<dyn RunnerRegistry>),
             feed: None,
+            job_containers: None,
             sources: Sources {
                 clock: clock.clone(),
                 jitter: Arc::new(FixedJitter(0.5)),

@@ -3,7 +3,7 @@
 
 use proxy_runner_domain::failure::Failure;
 use proxy_runner_domain::ports::StoreError;
-use proxy_runner_domain::{Job, JobStatus};
+use proxy_runner_domain::{Job, JobSource, JobStatus};
 use uuid::Uuid;
 
 use super::Autoscaler;
@@ -22,6 +22,10 @@ impl Autoscaler {
         let Ok(Some(job)) = self.store.get_job(job_id).await else {
             return;
         };
+        if job.source == JobSource::Hook {
+            // A proxy-path container (job, service, step): not a runner's.
+            return;
+        }
         let code = exit_code.and_then(|c| i32::try_from(c).ok());
         tracing::info!(job = %job.id, container = %container_id, exit_code = ?exit_code, status = %job.status, "runner container exited");
         self.audit

@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::audit::Auditor;
-use crate::config::Registration;
+use crate::config::{JobPath, Registration};
 use crate::sources::Sources;
 
 pub use ingest::{Ingested, JobAction};
@@ -50,6 +50,8 @@ pub use proxy_runner_domain::runner_plan::JITCONFIG_ENV;
 #[derive(Debug, Clone)]
 pub struct Pool {
     pub labels: LabelSet,
+    /// Proxy-path jobs are recorded for tracking; proxy runners take them.
+    pub path: JobPath,
     pub image: Option<String>,
     pub hardening: Option<Hardening>,
 }
@@ -236,6 +238,13 @@ impl Autoscaler {
     /// Compare-and-set write of a job read with status `expected`.
     async fn save(&self, job: &mut Job, expected: JobStatus) -> Result<bool, StoreError> {
         self.store.update_job(job, expected).await
+    }
+
+    /// Whether an ephemeral runner is started for a job with these labels
+    /// (not when proxy runners serve them).
+    fn autoscaled(&self, job_labels: &[String]) -> bool {
+        matches!(self.pool_for(job_labels), Some(None))
+            || matches!(self.pool_for(job_labels), Some(Some(p)) if p.path == JobPath::Autoscale)
     }
 
     fn is_in_flight(&self, id: Uuid) -> bool {

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::Autoscaler;
 use super::ingest::GitHubSays;
-use super::schedule::PAGE;
+use super::schedule::{PAGE, is_proxy_path};
 
 impl Autoscaler {
     /// One reconciliation pass.
@@ -76,7 +76,7 @@ impl Autoscaler {
     /// idle past the timeout.
     async fn stop_idle_runners(&self, live: &[ContainerInfo], in_flight: &HashSet<Uuid>) {
         let now = self.now();
-        for c in live.iter().filter(|c| c.running) {
+        for c in live.iter().filter(|c| c.running && !is_proxy_path(c)) {
             let Some(owner_id) = c
                 .labels
                 .get(label_keys::JOB_ID)

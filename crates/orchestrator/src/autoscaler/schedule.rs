@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use proxy_runner_domain::ports::{BackendError, JobFilter, labels as label_keys};
+use proxy_runner_domain::job_containers::PROXY_PATH;
+use proxy_runner_domain::ports::{BackendError, ContainerInfo, JobFilter, labels as label_keys};
 use proxy_runner_domain::schedule::{Waiting, pick_jobs_to_start};
 use proxy_runner_domain::sync::lock;
 use proxy_runner_domain::{Job, JobSource, JobStatus};
@@ -11,6 +12,12 @@ use uuid::Uuid;
 
 use super::{AutoscaleError, Autoscaler};
 use crate::metrics as m;
+
+/// Containers of the proxy path (job, service and step containers) are not
+/// ephemeral runners: they count against no cap and are no runner to reap.
+pub(super) fn is_proxy_path(c: &ContainerInfo) -> bool {
+    c.labels.get(label_keys::PATH).map(String::as_str) == Some(PROXY_PATH)
+}
 
 /// Page size of the store listings the autoscaler walks.
 pub(super) const PAGE: usize = 500;
@@ -69,7 +76,10 @@ impl Autoscaler {
                 .await?;
             let done = page.len() < PAGE;
             after = page.last().map(|j| j.id);
-            queued.extend(page.into_iter().filter(|j| j.source != JobSource::Hook));
+            queued.extend(
+                page.into_iter()
+                    .filter(|j| j.source != JobSource::Hook && self.autoscaled(&j.labels)),
+            );
             if done {
                 return Ok(queued);
             }
@@ -114,7 +124,7 @@ impl Autoscaler {
         // job for a job that is being provisioned again (a hand-off); a
         // container whose start races this count is counted twice for a
         // moment, which errs on the side of the caps.
-        for c in containers.iter().filter(|c| c.running) {
+        for c in containers.iter().filter(|c| c.running && !is_proxy_path(c)) {
             if let Some(repo) = c.labels.get(label_keys::REPOSITORY) {
                 *counts.entry(repo.to_ascii_lowercase()).or_default() += 1;
             }
