@@ -143,6 +143,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// success `job.revision` is bumped; false when another writer won.
     async fn update_job(&self, job: &mut Job, expected: JobStatus) -> Result<bool, StoreError>;
 
+    /// Deletes a job if it is still at `revision` (compare and set): a
+    /// tracking record that another record of the same job supersedes.
+    /// False when another writer changed it first.
+    async fn delete_job(&self, id: Uuid, revision: u64) -> Result<bool, StoreError>;
+
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     async fn find_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Marks the token revoked; false when there is no such (unrevoked) token.

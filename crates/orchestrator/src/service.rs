@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use proxy_runner_domain::ports::{ContainerBackend, JobFilter, JobStore, StoreError, TokenRecord};
-use proxy_runner_domain::{Job, TransitionError};
+use proxy_runner_domain::{Job, JobSource, JobStatus, TransitionError};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
@@ -134,7 +134,10 @@ impl Orchestrator {
             .into_delegated_job(self.sources.ids.new_id(), now)?;
         let inserted = self.store.insert_job(&job).await?;
         let created = inserted.is_new();
-        let job = inserted.into_job();
+        let mut job = inserted.into_job();
+        if created && let Some(merged) = self.absorb_tracking_record(&job).await? {
+            job = merged;
+        }
         if created {
             metrics::counter!(m::JOB_TRANSITIONS, "to" => "running").increment(1);
             tracing::info!(
@@ -155,6 +158,58 @@ impl Orchestrator {
                 .await;
         }
         Ok((job, created))
+    }
+
+    /// GitHub may have told us that this runner took the job before its
+    /// hook delegated it: the record kept for GitHub's events goes, and its
+    /// GitHub job id moves to the delegated job, so the job has one record.
+    async fn absorb_tracking_record(&self, job: &Job) -> ServiceResult<Option<Job>> {
+        let Some(runner) = job.runner_name.as_deref() else {
+            return Ok(None);
+        };
+        let running = self
+            .store
+            .list_jobs(&JobFilter {
+                status: Some(JobStatus::Running),
+                repository: Some(job.repository.clone()),
+                after: None,
+                limit: 500,
+            })
+            .await?;
+        let Some(tracking) = running.into_iter().find(|j| {
+            j.source != JobSource::Hook
+                && j.runner_name.as_deref() == Some(runner)
+                && j.run_id == job.run_id
+                && j.run_attempt == job.run_attempt
+                && j.attempts == 0
+                && j.container_id.is_none()
+        }) else {
+            return Ok(None);
+        };
+        let Some(github_job_id) = tracking.github_job_id else {
+            return Ok(None);
+        };
+        if !self
+            .store
+            .delete_job(tracking.id, tracking.revision)
+            .await?
+        {
+            return Ok(None);
+        }
+        let mut merged = job.clone();
+        merged.link_github_job(github_job_id, tracking.runner_id, self.sources.clock.now());
+        if !self.store.update_job(&mut merged, job.status).await? {
+            return Ok(None);
+        }
+        self.audit
+            .record(
+                "orchestrator",
+                "job.merged",
+                Some(job.id),
+                serde_json::json!({"githubJobId": github_job_id, "trackingRecord": tracking.id}),
+            )
+            .await;
+        Ok(Some(merged))
     }
 
     /// Finds the job a completion names: an orchestrator id, or (as the

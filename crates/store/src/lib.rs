@@ -412,6 +412,16 @@ impl JobStore for SqliteStore {
         Ok(n == 1)
     }
 
+    async fn delete_job(&self, id: Uuid, revision: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM jobs WHERE id = ? AND revision = ?")
+            .bind(id.to_string())
+            .bind(i64::try_from(revision).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn forget_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM webhook_deliveries WHERE delivery_id = ?")
             .bind(delivery_id)

@@ -71,12 +71,13 @@ impl Autoscaler {
         source: JobSource,
     ) -> Result<Option<Ingested>, AutoscaleError> {
         let mut existing = self.store.find_by_github_job_id(info.id).await?;
-        if existing.is_none()
+        let tracking = existing.clone().filter(|j| self.is_proxy_tracking(j));
+        if (existing.is_none() || tracking.is_some())
             && let Some(runner) = &info.runner_name
             && matches!(action, JobAction::InProgress | JobAction::Completed)
         {
             // A proxy runner's hook may have delegated this job already.
-            match self.link_hook_job(runner, info).await? {
+            match self.link_hook_job(runner, info, tracking).await? {
                 Some(Some(hook_job)) => existing = Some(hook_job),
                 Some(None) => {}
                 None => return Ok(None),
@@ -88,12 +89,24 @@ impl Autoscaler {
         }
     }
 
+    /// A record kept only to follow a job that proxy runners serve: GitHub
+    /// told us of it, we never started a runner for it.
+    fn is_proxy_tracking(&self, job: &Job) -> bool {
+        job.source != JobSource::Hook
+            && !self.autoscaled(&job.labels)
+            && job.attempts == 0
+            && job.container_id.is_none()
+    }
+
     /// Links the hook-delegated job of `runner` for this run to GitHub's job
-    /// id. `Some(None)`: there is none; `None`: a concurrent write won.
+    /// id; a tracking record of the same job goes, so that the job has one
+    /// record. `Some(None)`: there is no such hook job; `None`: a concurrent
+    /// write won.
     async fn link_hook_job(
         &self,
         runner: &str,
         info: &WorkflowJobInfo,
+        tracking: Option<Job>,
     ) -> Result<Option<Option<Job>>, AutoscaleError> {
         let Some(mut hook_job) = self
             .store
@@ -102,6 +115,24 @@ impl Autoscaler {
         else {
             return Ok(Some(None));
         };
+        if let Some(tracking) = tracking {
+            // The GitHub job id moves to the hook's record.
+            if !self
+                .store
+                .delete_job(tracking.id, tracking.revision)
+                .await?
+            {
+                return Ok(None);
+            }
+            self.audit
+                .record(
+                    "github",
+                    "job.merged",
+                    Some(hook_job.id),
+                    serde_json::json!({"githubJobId": info.id, "trackingRecord": tracking.id}),
+                )
+                .await;
+        }
         let expected = hook_job.status;
         hook_job.link_github_job(info.id, info.runner_id, self.now());
         if !self.save(&mut hook_job, expected).await? {
