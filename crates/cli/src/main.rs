@@ -204,6 +204,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check { config },
         } => {
             let config = Config::load(config.as_deref(), &ProcessEnv, &Overrides::default())?;
+            for line in config.paths_summary() {
+                println!("# {line}");
+            }
             print!("{}", config.to_masked_toml());
             Ok(())
         }

@@ -449,6 +449,45 @@ fn config_check_prints_the_effective_config_with_secrets_masked() {
     for s in ["ghp_file-SECRET-77", "whsec-env-SECRET-78", ADMIN] {
         assert!(!text.contains(s), "{s} leaked");
     }
+    assert!(text.contains("# autoscaling path: on"), "{text}");
+    assert!(text.contains("# proxy path: delegation API only"), "{text}");
+
+    // A proxy-only setup: no GitHub credentials, a [proxy] section.
+    std::fs::write(
+        &file,
+        "[proxy]\nimages = [\"node:22\", \"ghcr.io/acme/*\"]\nwork_root = \"/srv/runner/_work\"\n\n[[runners.label_sets]]\nlabels = [\"self-hosted\", \"proxy\"]\npath = \"proxy\"\nprofile = \"strict\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("# autoscaling path: off (no GitHub credentials"),
+        "{text}"
+    );
+    assert!(text.contains("# proxy path: on"), "{text}");
+    assert!(text.contains("path = \"proxy\""), "{text}");
+    // A proxy label set without a [proxy] section is refused, naming it.
+    std::fs::write(
+        &file,
+        "[[runners.label_sets]]\nlabels = [\"x\"]\npath = \"proxy\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[proxy]"));
     std::fs::write(&file, "lisen = 1\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
         .args(["config", "check", "--config"])

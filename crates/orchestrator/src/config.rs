@@ -588,6 +588,28 @@ impl Config {
         Ok(())
     }
 
+    /// Which ways in are on, one line each, as `config check` prints them.
+    pub fn paths_summary(&self) -> Vec<String> {
+        let gh = &self.github;
+        let github = gh.token.is_set() || gh.app_id.is_some();
+        let mut lines = vec![if github {
+            "autoscaling path: on (GitHub credentials set; webhooks and polling feed it)"
+                .to_string()
+        } else {
+            "autoscaling path: off (no GitHub credentials: set PROXY_RUNNER_GITHUB_TOKEN or github.app_id); webhooks are refused".to_string()
+        }];
+        lines.push(match &self.proxy {
+            Some(p) => format!(
+                "proxy path: on (container hooks; {} allowed image pattern(s), profile {:?}, pulls {})",
+                p.images.len(),
+                p.profile,
+                if p.pull { "on" } else { "off" }
+            ),
+            None => "proxy path: delegation API only (no [proxy] section: container hooks are refused)".to_string(),
+        });
+        lines
+    }
+
     /// The effective configuration as TOML with every secret masked.
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
