@@ -584,3 +584,83 @@ async fn planted_secrets_reach_no_log_record_response_or_container() {
     }
     rig.emulator.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_restarted_orchestrator_keeps_running_jobs_containers_and_closes_jobs_past_the_timeout() {
+    let Some(docker) = docker().await else { return };
+    let (job_image, service_image) = images(&docker).await;
+    let mut rig = Rig::start(&job_image, &service_image).await;
+    let token = rig.token("runner-i").await;
+    let job = delegate(&rig, &token, "runner-i", "build").await;
+    prepared(
+        &rig,
+        &token,
+        "runner-i",
+        prepare_args(&rig, &job_image, "", service(&service_image)),
+    )
+    .await;
+    assert_eq!(containers_of(&rig.instance).await.len(), 2);
+
+    let restart = |rig: &Rig, timeout: &str| {
+        let images = format!("{job_image},{service_image}");
+        let work = rig.root.path().join("_work");
+        let externals = rig.root.path().join("externals");
+        common::serve(
+            &rig.root.path().join("db.sqlite"),
+            Some(&rig.root.path().join("orchestrator.log")),
+            &["--backend", "docker"],
+            &[
+                ("PROXY_RUNNER_ADMIN_TOKEN", ADMIN),
+                ("PROXY_RUNNER_INSTANCE", &rig.instance),
+                ("PROXY_RUNNER_PROXY_IMAGES", &images),
+                ("PROXY_RUNNER_PROXY_WORK_ROOT", work.to_str().unwrap()),
+                (
+                    "PROXY_RUNNER_PROXY_EXTERNALS_ROOT",
+                    externals.to_str().unwrap(),
+                ),
+                ("PROXY_RUNNER_PROXY_JOB_TIMEOUT_SECS", timeout),
+            ],
+        )
+    };
+    // Killed (SIGKILL) and started again: the running job's containers stay.
+    rig.server = restart(&rig, "21600");
+    let log = rig.root.path().join("orchestrator.log");
+    proxy_runner_test_support::eventually(
+        "the reaper's first pass",
+        std::time::Duration::from_secs(60),
+        || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("kept=1")
+        },
+    )
+    .await;
+    assert_eq!(containers_of(&rig.instance).await.len(), 2);
+
+    // With a job timeout the job has outlived: closed, its containers gone.
+    rig.server = restart(&rig, "1");
+    proxy_runner_test_support::eventually(
+        "the job past the timeout is closed and its containers removed",
+        std::time::Duration::from_secs(60),
+        || async { containers_of(&rig.instance).await.is_empty() },
+    )
+    .await;
+    let closed: Value = rig
+        .http
+        .get(format!("{}/api/jobs/{job}", rig.server.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(closed["status"], "failed", "{closed}");
+    assert!(
+        closed["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("job timeout")
+    );
+    rig.emulator.shutdown().await;
+}

@@ -32,18 +32,28 @@ impl ProxyJobs {
             .filter_map(|c| c.labels.get(label_keys::JOB_ID))
             .filter_map(|s| Uuid::parse_str(s).ok())
             .collect();
+        let (mut kept, mut removed) = (0, 0);
         for id in jobs {
             match self.store.get_job(id).await? {
-                Some(job) if !job.status.is_terminal() => {}
+                Some(job) if !job.status.is_terminal() => kept += 1,
                 Some(job) => {
                     self.release(&job).await?;
+                    removed += 1;
                 }
                 None => {
                     self.containers
                         .remove_job(&self.config.instance, id)
                         .await?;
+                    removed += 1;
                 }
             }
+        }
+        if kept + removed > 0 {
+            tracing::info!(
+                kept,
+                removed,
+                "proxy reaper: containers of running jobs kept, of ended or unknown jobs removed"
+            );
         }
         self.close_timed_out().await
     }
