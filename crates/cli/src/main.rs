@@ -6,6 +6,8 @@ mod demo;
 mod emulator;
 mod serve;
 mod sim_runner;
+#[cfg(test)] // until serve picks the store by it
+mod store_url;
 
 use std::path::PathBuf;
 
