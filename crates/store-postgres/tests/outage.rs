@@ -14,7 +14,7 @@ use proxy_runner_domain::{Job, JobStatus};
 use proxy_runner_store_postgres::{PostgresSettings, PostgresStore};
 use proxy_runner_test_support::eventually;
 use proxy_runner_test_support::store_contract::{hook_job, t};
-use support::ThrowAwayServer;
+use support::{ThrowAwayServer, patient};
 use uuid::Uuid;
 
 fn delegated(job_id: Uuid) -> AuditEvent {
@@ -57,19 +57,24 @@ async fn writes_fail_cleanly_while_postgres_is_down_and_the_same_store_resumes()
     let Some(server) = ThrowAwayServer::start() else {
         return;
     };
-    let settings = PostgresSettings {
+    // The store under test answers quickly while the server is down; a
+    // patient one sets up and checks (it never decides the outcome by time).
+    let quick = PostgresSettings {
         max_connections: 4,
         acquire_timeout: Duration::from_secs(2),
     };
-    let concrete = PostgresStore::connect_with(&server.url(), settings)
+    let concrete = PostgresStore::connect_with(&server.url(), quick)
         .await
         .expect("store on the throw-away server");
     let target = concrete.target().to_string();
     let store: Arc<dyn JobStore> = Arc::new(concrete);
+    let checker = PostgresStore::connect_with(&server.url(), patient())
+        .await
+        .expect("checking store");
 
     let before = hook_job("o/r", "build", "proxy-1", 1);
-    store.insert_job(&before).await.unwrap();
-    store.append_audit(&delegated(before.id)).await.unwrap();
+    checker.insert_job(&before).await.unwrap();
+    checker.append_audit(&delegated(before.id)).await.unwrap();
 
     // A writer that keeps delegating (job, then its audit line) as the API
     // does, across the outage.
@@ -134,6 +139,12 @@ async fn writes_fail_cleanly_while_postgres_is_down_and_the_same_store_resumes()
     );
     assert_unavailable("ping", store.ping().await, &target);
     assert_unavailable("get_job", store.get_job(before.id).await, &target);
+    eventually(
+        "the writer meets the outage",
+        Duration::from_secs(120),
+        || async { !outcomes.lock().expect("outcomes").refused.is_empty() },
+    )
+    .await;
     let acknowledged_while_down = count(&outcomes);
 
     server.start_again().expect("start the server again");
@@ -158,9 +169,9 @@ async fn writes_fail_cleanly_while_postgres_is_down_and_the_same_store_resumes()
         .expect("the writer never saw anything but Unavailable");
 
     // Nothing half-written by the refused calls.
-    assert_eq!(store.get_job(during.id).await.unwrap(), None);
+    assert_eq!(checker.get_job(during.id).await.unwrap(), None);
     assert_eq!(
-        store.get_job(before.id).await.unwrap(),
+        checker.get_job(before.id).await.unwrap(),
         Some(before.clone())
     );
     assert!(
@@ -175,19 +186,19 @@ async fn writes_fail_cleanly_while_postgres_is_down_and_the_same_store_resumes()
     let outcomes = std::mem::take(&mut *outcomes.lock().expect("outcomes"));
     assert!(!outcomes.refused.is_empty(), "the writer met the outage");
     for job in &outcomes.acknowledged {
-        assert_eq!(store.get_job(job.id).await.unwrap().as_ref(), Some(job));
+        assert_eq!(checker.get_job(job.id).await.unwrap().as_ref(), Some(job));
     }
     for job in &outcomes.refused {
         // A commit whose answer was lost may have happened; then it is whole.
-        if let Some(stored) = store.get_job(job.id).await.unwrap() {
+        if let Some(stored) = checker.get_job(job.id).await.unwrap() {
             assert_eq!(&stored, job);
         }
     }
-    let audit = store.list_audit(10_000).await.unwrap();
+    let audit = checker.list_audit(10_000).await.unwrap();
     for line in &audit {
         let id = line.job_id.expect("every line names its job");
         assert!(
-            store.get_job(id).await.unwrap().is_some(),
+            checker.get_job(id).await.unwrap().is_some(),
             "orphan audit line for {id}"
         );
         assert_ne!(id, during.id);
