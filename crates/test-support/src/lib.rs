@@ -5,6 +5,7 @@
 
 pub mod registry;
 pub mod rig;
+pub mod store_contract;
 
 use std::future::Future;
 use std::path::PathBuf;
