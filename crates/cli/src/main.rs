@@ -7,7 +7,6 @@ mod emulator;
 mod hook;
 mod serve;
 mod sim_runner;
-#[cfg(test)] // until serve picks the store by it
 mod store_url;
 
 use std::path::PathBuf;

@@ -18,7 +18,10 @@ use proxy_runner_orchestrator::dry_run::DryRunBackend;
 use proxy_runner_orchestrator::sources::Sources;
 use proxy_runner_orchestrator::{Ports, System};
 use proxy_runner_store::SqliteStore;
+use proxy_runner_store_postgres::PostgresStore;
 use tokio::net::TcpListener;
+
+use crate::store_url::{StoreLocation, shown, store_location};
 use tokio_util::sync::CancellationToken;
 
 pub fn init_logging() {
@@ -93,10 +96,11 @@ impl QueuedJobFeed for PollFeed {
 
 /// Builds the adapters the configuration names.
 async fn ports(config: &Config) -> anyhow::Result<Ports> {
-    let store: Arc<dyn JobStore> = if config.database.as_os_str() == ":memory:" {
-        Arc::new(SqliteStore::in_memory().await?)
-    } else {
-        Arc::new(SqliteStore::open(&config.database).await?)
+    // The database setting's scheme picks the store.
+    let store: Arc<dyn JobStore> = match store_location(&config.database)? {
+        StoreLocation::SqliteMemory => Arc::new(SqliteStore::in_memory().await?),
+        StoreLocation::SqliteFile(path) => Arc::new(SqliteStore::open(&path).await?),
+        StoreLocation::Postgres(url) => Arc::new(PostgresStore::connect(&url).await?),
     };
     let (backend, job_containers): (Arc<dyn ContainerBackend>, Option<Arc<dyn JobContainers>>) =
         match config.backend {
@@ -149,7 +153,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, db = %config.database.display(), backend = ?config.backend, "orchestrator listening");
+    tracing::info!(%addr, db = %shown(&config.database), backend = ?config.backend, "orchestrator listening");
     let server_stop = stop.clone();
     let router = system.router;
     let server = tokio::spawn(async move {

@@ -403,6 +403,15 @@ impl JobStore for PostgresStore {
             .await
     }
 
+    async fn find_active_hook_job(&self, runner_name: &str) -> Result<Option<Job>, StoreError> {
+        let sql = select_jobs!(
+            "WHERE runner_name = $1 AND delegation_key IS NOT NULL
+               AND status NOT IN ('completed', 'failed', 'cancelled')
+             ORDER BY id DESC LIMIT 1"
+        );
+        self.fetch_job(sqlx::query(sql).bind(runner_name)).await
+    }
+
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
         let limit = i64::try_from(filter.limit.clamp(1, MAX_PAGE)).unwrap_or(1);
         // Only the conditions asked for, so each query can use its index.
@@ -565,6 +574,16 @@ impl JobStore for PostgresStore {
         .map_err(|e| self.fail(e))?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    async fn delete_job(&self, id: Uuid, revision: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM jobs WHERE id = $1 AND revision = $2")
+            .bind(id)
+            .bind(i64::try_from(revision).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn forget_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {

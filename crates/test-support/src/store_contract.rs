@@ -81,6 +81,8 @@ macro_rules! job_store_contract {
             audit_is_appended_and_listed_newest_first,
             webhook_deliveries_are_deduplicated_and_forgotten,
             the_active_job_of_a_runner_is_found_by_key,
+            the_active_hook_job_of_a_runner_is_its_newest_unfinished_one,
+            a_job_is_deleted_only_at_the_revision_it_was_read,
             hook_jobs_are_found_for_linking_until_linked,
             the_job_that_ran_in_another_jobs_container_is_found,
             ping_answers,
@@ -726,6 +728,71 @@ pub async fn the_active_job_of_a_runner_is_found_by_key(store: Arc<dyn JobStore>
         .await
         .unwrap();
     assert_eq!(found.map(|j| j.id), Some(older.id));
+}
+
+pub async fn the_active_hook_job_of_a_runner_is_its_newest_unfinished_one(
+    store: Arc<dyn JobStore>,
+) {
+    assert!(
+        store
+            .find_active_hook_job("proxy-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut first = hook_job("o/r", "build", "proxy-1", 1);
+    first.transition(JobStatus::Running, t(1)).unwrap();
+    store.insert_job(&first).await.unwrap();
+    let mut second = hook_job("o/r", "test", "proxy-1", 1);
+    second.transition(JobStatus::Running, t(2)).unwrap();
+    store.insert_job(&second).await.unwrap();
+    store.insert_job(&webhook_job("o/r", 99)).await.unwrap();
+    store
+        .insert_job(&hook_job("o/r", "build", "proxy-2", 1))
+        .await
+        .unwrap();
+    let found = store.find_active_hook_job("proxy-1").await.unwrap();
+    assert_eq!(found.map(|j| j.id), Some(second.id));
+    second.transition(JobStatus::Completed, t(3)).unwrap();
+    assert!(
+        store
+            .update_job(&mut second, JobStatus::Running)
+            .await
+            .unwrap()
+    );
+    let found = store.find_active_hook_job("proxy-1").await.unwrap();
+    assert_eq!(
+        found.map(|j| j.id),
+        Some(first.id),
+        "a finished job is not active"
+    );
+}
+
+pub async fn a_job_is_deleted_only_at_the_revision_it_was_read(store: Arc<dyn JobStore>) {
+    let mut job = webhook_job("o/r", 7);
+    store.insert_job(&job).await.unwrap();
+    let read = stored(&store, job.id).await;
+    job.transition(JobStatus::Running, t(1)).unwrap();
+    assert!(store.update_job(&mut job, JobStatus::Queued).await.unwrap());
+    assert!(
+        !store.delete_job(read.id, read.revision).await.unwrap(),
+        "a stale read deletes nothing"
+    );
+    assert!(store.get_job(job.id).await.unwrap().is_some());
+    let current = stored(&store, job.id).await;
+    assert!(
+        store
+            .delete_job(current.id, current.revision)
+            .await
+            .unwrap()
+    );
+    assert!(store.get_job(job.id).await.unwrap().is_none());
+    assert!(
+        store.find_by_github_job_id(7).await.unwrap().is_none(),
+        "its GitHub job id is free again"
+    );
+    let again = webhook_job("o/r", 7);
+    assert!(store.insert_job(&again).await.unwrap().is_new());
 }
 
 pub async fn hook_jobs_are_found_for_linking_until_linked(store: Arc<dyn JobStore>) {

@@ -111,6 +111,7 @@ fn the_orchestrator_depends_on_no_adapter() {
     let deps = normal_dependencies("orchestrator");
     for adapter in [
         "proxy-runner-store",
+        "proxy-runner-store-postgres",
         "proxy-runner-docker",
         "proxy-runner-emulator",
         "proxy-runner-github",
