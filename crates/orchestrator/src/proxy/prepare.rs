@@ -131,28 +131,15 @@ impl ProxyJobs {
         services: Vec<Planned>,
     ) -> Result<Prepared, ProxyError> {
         let mut notices = Vec::new();
-        let mut service_records = Vec::new();
-        let mut service_contexts = Vec::new();
         let mut state = HookState {
             job_id: job.id,
             container: None,
             network: network.to_string(),
             services: Default::default(),
         };
-        for planned in services {
-            let name = planned.name.clone().unwrap_or_default();
-            let image = planned.plan.image.clone();
-            notices.extend(planned.plan.notices.iter().cloned());
-            let spec = self.spec(job, network, ContainerRole::Service, &name, planned.plan);
-            let started = self.containers.start_service(&spec).await?;
-            state.services.insert(name.clone(), started.id.clone());
-            service_contexts.push(context(&started, network));
-            service_records.push(ServiceRecord {
-                name,
-                id: started.id,
-                image,
-            });
-        }
+        let (service_records, service_contexts) = self
+            .start_services(job, network, services, &mut state, &mut notices)
+            .await?;
         let mut job_context = None;
         let mut record = JobContainerRecord {
             id: None,
@@ -214,6 +201,34 @@ impl ProxyJobs {
             },
             notices,
         })
+    }
+
+    /// Starts the job's services, each reachable by its name.
+    async fn start_services(
+        &self,
+        job: &Job,
+        network: &str,
+        services: Vec<Planned>,
+        state: &mut HookState,
+        notices: &mut Vec<String>,
+    ) -> Result<(Vec<ServiceRecord>, Vec<ContainerContext>), ProxyError> {
+        let mut records = Vec::new();
+        let mut contexts = Vec::new();
+        for planned in services {
+            let name = planned.name.clone().unwrap_or_default();
+            let image = planned.plan.image.clone();
+            notices.extend(planned.plan.notices.iter().cloned());
+            let spec = self.spec(job, network, ContainerRole::Service, &name, planned.plan);
+            let started = self.containers.start_service(&spec).await?;
+            state.services.insert(name.clone(), started.id.clone());
+            contexts.push(context(&started, network));
+            records.push(ServiceRecord {
+                name,
+                id: started.id,
+                image,
+            });
+        }
+        Ok((records, contexts))
     }
 
     /// The engine's spec of one of the job's containers. Names are
