@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerCreateBody, EventMessage, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
+    CreateContainerOptions, EventsOptions, ListNetworksOptions, LogsOptions,
     RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::{BollardRequest, ClientVersion, Docker};
@@ -550,36 +550,8 @@ impl ContainerBackend for DockerBackend {
     }
 
     async fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, BackendError> {
-        let docker = self.client().await?;
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([(
-                "label".to_string(),
-                vec![format!("{}={instance}", labels::INSTANCE)],
-            )])),
-            ..Default::default()
-        };
-        let containers = docker
-            .list_containers(Some(options))
+        self.labelled(vec![format!("{}={instance}", labels::INSTANCE)])
             .await
-            .map_err(engine_error)?;
-        Ok(containers
-            .into_iter()
-            .filter_map(|c| {
-                let id = c.id?;
-                let name = c
-                    .names
-                    .and_then(|n| n.into_iter().next())
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_default();
-                Some(ContainerInfo {
-                    id,
-                    name,
-                    labels: c.labels.unwrap_or_default().into_iter().collect(),
-                    running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
-                })
-            })
-            .collect())
     }
 
     fn events(&self, instance: &str) -> BoxStream<'static, Result<ContainerEvent, BackendError>> {

@@ -336,7 +336,10 @@ impl DockerBackend {
     }
 
     /// Containers (running or not) carrying all of these `key=value` labels.
-    async fn labelled(&self, filters: Vec<String>) -> Result<Vec<ContainerInfo>, BackendError> {
+    pub(crate) async fn labelled(
+        &self,
+        filters: Vec<String>,
+    ) -> Result<Vec<ContainerInfo>, BackendError> {
         let docker = self.client().await?;
         let options = ListContainersOptions {
             all: true,
