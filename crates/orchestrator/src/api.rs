@@ -45,34 +45,52 @@ pub struct Body(pub Bytes);
 impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("");
-            let is_json = ct.starts_with("application/json")
-                || ct.starts_with("application/x-www-form-urlencoded") // curl -d default
-                || ct.contains("+json");
-            if !is_json {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    format!("Content-Type {ct:?} is not JSON; send application/json"),
-                ));
-            }
+        let unsupported = |message: String| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                message,
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|ct| ct.to_str().unwrap_or("").to_string());
+        if let Some(ct) = &declared
+            && !is_json_media_type(ct)
+        {
+            return Err(unsupported(format!(
+                "Content-Type {ct:?} is not JSON; send application/json"
+            )));
         }
-        Bytes::from_request(req, state)
-            .await
-            .map(Body)
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
-                        format!("request body is larger than {API_BODY_LIMIT} bytes"),
-                    )
-                } else {
-                    ApiError::bad_json(format!("cannot read request body: {rejection}"))
-                }
-            })
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "request body is larger than this route accepts",
+                )
+            } else {
+                ApiError::bad_json(format!("cannot read request body: {rejection}"))
+            }
+        })?;
+        if declared.is_none() && !bytes.is_empty() {
+            return Err(unsupported(
+                "Content-Type is missing; send the body as application/json".into(),
+            ));
+        }
+        Ok(Body(bytes))
     }
+}
+
+/// `application/json`, parameters (`charset`) allowed. Other JSON-based
+/// types (`application/json-patch+json`, ...) mean something else.
+fn is_json_media_type(ct: &str) -> bool {
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/json")
 }
 
 /// The authenticated caller.

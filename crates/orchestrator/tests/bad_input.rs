@@ -118,6 +118,45 @@ async fn every_endpoint_rejects_bad_input_cleanly() {
     );
     xml.content_type = Some("application/xml");
     cases.push(xml);
+    // The design's hook splices values into its body: a workflow name that
+    // closes the string and adds a key must not move the job elsewhere.
+    let spliced = design_hook_body("build", "9", "o/r", "p", "self-hosted").replace(
+        r#""workflow": "CI""#,
+        r#""workflow": "CI", "repository": "evil/injected", "zz": """#,
+    );
+    cases.push(case(
+        "a duplicate key",
+        "POST",
+        "/api/jobs/delegate",
+        Some(r),
+        Some(spliced.as_bytes()),
+        400,
+        "bad_json",
+        "duplicate key \"repository\"",
+    ));
+    let good = design_hook_body("build", "9", "o/r", "p", "self-hosted");
+    for (what, ct) in [
+        ("form-encoded", Some("application/x-www-form-urlencoded")),
+        ("a look-alike type", Some("application/jsonx")),
+        (
+            "a JSON-based type of its own meaning",
+            Some("application/json-patch+json"),
+        ),
+        ("no Content-Type", None),
+    ] {
+        let mut c = case(
+            what,
+            "POST",
+            "/api/jobs/delegate",
+            Some(r),
+            Some(good.as_bytes()),
+            415,
+            "unsupported_media_type",
+            "Content-Type",
+        );
+        c.content_type = ct;
+        cases.push(c);
+    }
 
     let mut failures = Vec::new();
     for c in &cases {
