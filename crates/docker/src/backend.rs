@@ -518,6 +518,28 @@ impl ContainerBackend for DockerBackend {
         }
     }
 
+    async fn list_networks(&self, instance: &str) -> Result<Vec<NetworkSpec>, BackendError> {
+        let docker = self.client().await?;
+        let networks = docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![format!("{}={instance}", labels::INSTANCE)],
+                )])),
+            }))
+            .await
+            .map_err(engine_error)?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| {
+                Some(NetworkSpec {
+                    name: n.name?,
+                    labels: n.labels.unwrap_or_default().into_iter().collect(),
+                })
+            })
+            .collect())
+    }
+
     async fn remove_network_if_unused(&self, name: &str) -> Result<bool, BackendError> {
         let docker = self.client().await?;
         let _serialised = self.network_lock.lock().await;

@@ -517,6 +517,8 @@ pub trait ContainerBackend: Send + Sync + 'static {
     async fn remove_network_if_unused(&self, name: &str) -> Result<bool, BackendError>;
     /// Containers carrying `proxy-runner.instance={instance}`.
     async fn list(&self, instance: &str) -> Result<Vec<ContainerInfo>, BackendError>;
+    /// Networks carrying `proxy-runner.instance={instance}`, with their labels.
+    async fn list_networks(&self, instance: &str) -> Result<Vec<NetworkSpec>, BackendError>;
     /// Exit events of containers carrying `proxy-runner.instance={instance}`.
     /// The stream ends when the engine connection drops; callers re-subscribe.
     fn events(&self, instance: &str) -> BoxStream<'static, Result<ContainerEvent, BackendError>>;

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use proxy_runner_domain::ports::{
     BackendError, ContainerBackend, ContainerEvent, ContainerInfo, ContainerSpec, EnvValue,
-    NetworkSpec, StartedContainer,
+    NetworkSpec, StartedContainer, labels,
 };
 use proxy_runner_domain::sync::lock;
 use tokio::sync::broadcast;
@@ -37,6 +37,7 @@ pub struct DryRunBackend {
     events: broadcast::Sender<ContainerEvent>,
     unreachable: std::sync::atomic::AtomicBool,
     missing_images: Mutex<Vec<String>>,
+    networks: Mutex<Vec<NetworkSpec>>,
 }
 
 impl Default for DryRunBackend {
@@ -47,6 +48,7 @@ impl Default for DryRunBackend {
             events: broadcast::channel(1024).0,
             unreachable: std::sync::atomic::AtomicBool::new(false),
             missing_images: Mutex::new(Vec::new()),
+            networks: Mutex::new(Vec::new()),
         }
     }
 }
@@ -125,7 +127,20 @@ impl ContainerBackend for DryRunBackend {
     async fn ensure_network(&self, spec: &NetworkSpec) -> Result<(), BackendError> {
         self.check_reachable()?;
         self.record(DryRunCall::EnsureNetwork(spec.name.clone()));
+        let mut networks = lock(&self.networks);
+        if !networks.iter().any(|n| n.name == spec.name) {
+            networks.push(spec.clone());
+        }
         Ok(())
+    }
+
+    async fn list_networks(&self, instance: &str) -> Result<Vec<NetworkSpec>, BackendError> {
+        self.check_reachable()?;
+        Ok(lock(&self.networks)
+            .iter()
+            .filter(|n| n.labels.get(labels::INSTANCE).map(String::as_str) == Some(instance))
+            .cloned()
+            .collect())
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<StartedContainer, BackendError> {
@@ -182,6 +197,7 @@ impl ContainerBackend for DryRunBackend {
 
     async fn remove_network_if_unused(&self, name: &str) -> Result<bool, BackendError> {
         self.record(DryRunCall::RemoveNetwork(name.to_string()));
+        lock(&self.networks).retain(|n| n.name != name);
         Ok(true)
     }
 

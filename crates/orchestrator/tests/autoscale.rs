@@ -1079,3 +1079,56 @@ async fn the_idle_reaper_asks_github_before_stopping_a_runner_we_heard_nothing_f
     r.scaler.reconcile().await;
     assert!(r.backend.calls().contains(&DryRunCall::Stop(idle)));
 }
+
+#[tokio::test]
+async fn the_reconciler_removes_networks_left_empty_but_not_one_in_use() {
+    use proxy_runner_domain::ports::ContainerBackend;
+    use proxy_runner_domain::runner_plan::network_spec;
+    let r = rig(AutoscaleConfig::default()).await;
+    // A job of o/busy runs; o/left's network was left behind by a crash.
+    let id = queue(
+        &r,
+        &info(60, "o/busy", &["self-hosted"]),
+        JobSource::Webhook,
+    )
+    .await;
+    settle(&r).await;
+    assert!(
+        r.store
+            .get_job(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .container_id
+            .is_some()
+    );
+    let left = network_name("proxy-runner", "o/left");
+    r.backend
+        .ensure_network(&network_spec(left.clone(), "o/left", "default"))
+        .await
+        .unwrap();
+    let removed = |r: &Rig| {
+        r.backend
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                DryRunCall::RemoveNetwork(n) => Some(n),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    r.scaler.reconcile().await;
+    assert!(removed(&r).is_empty(), "one empty sighting is not enough");
+    r.scaler.reconcile().await;
+    assert_eq!(removed(&r), vec![left], "empty twice: removed");
+    let busy = network_name("proxy-runner", "o/busy");
+    assert!(
+        r.backend
+            .list_networks("default")
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.name == busy),
+        "the network in use stays"
+    );
+}

@@ -106,6 +106,9 @@ impl ContainerBackend for InProcessRunners {
     async fn remove_network_if_unused(&self, _name: &str) -> Result<bool, BackendError> {
         Ok(true)
     }
+    async fn list_networks(&self, _instance: &str) -> Result<Vec<NetworkSpec>, BackendError> {
+        Ok(Vec::new())
+    }
     async fn list(&self, _instance: &str) -> Result<Vec<ContainerInfo>, BackendError> {
         Ok(self.live.lock().unwrap().values().cloned().collect())
     }

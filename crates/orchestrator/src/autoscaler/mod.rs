@@ -22,7 +22,7 @@ mod provision;
 mod reconcile;
 mod schedule;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -156,6 +156,8 @@ pub struct Autoscaler {
     network_lock: tokio::sync::Mutex<()>,
     /// When each quiet running job was last asked about on GitHub.
     last_asked: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+    /// Networks the last reconciliation found without containers.
+    empty_networks: Mutex<HashSet<String>>,
 }
 
 impl Autoscaler {
@@ -178,6 +180,7 @@ impl Autoscaler {
             in_flight: Mutex::new(HashMap::new()),
             network_lock: tokio::sync::Mutex::new(()),
             last_asked: Mutex::new(HashMap::new()),
+            empty_networks: Mutex::new(HashSet::new()),
         }
     }
 

@@ -42,7 +42,47 @@ impl Autoscaler {
         self.settle_provisioning(provisioning, &in_flight, &live)
             .await;
         self.stop_idle_runners(&live, &in_flight).await;
+        self.remove_empty_networks(&live).await;
         self.ask_about_quiet_jobs().await;
+    }
+
+    /// Removes networks of ours that no container used in this pass nor in
+    /// the one before (a network is created a moment before its first
+    /// container: one empty sighting is not enough). Catches networks whose
+    /// removal gave up at a container's exit, or that a crash left behind.
+    async fn remove_empty_networks(&self, live: &[ContainerInfo]) {
+        let Ok(networks) = self.backend.list_networks(&self.config.instance).await else {
+            return;
+        };
+        let used: HashSet<String> = live
+            .iter()
+            .filter_map(|c| c.labels.get(label_keys::REPOSITORY))
+            .map(|r| r.to_ascii_lowercase())
+            .collect();
+        let starting: HashSet<String> = lock(&self.in_flight).values().cloned().collect();
+        let empty: HashSet<String> = networks
+            .into_iter()
+            .filter(|n| {
+                let repo = n
+                    .labels
+                    .get(label_keys::REPOSITORY)
+                    .map(|r| r.to_ascii_lowercase())
+                    .unwrap_or_default();
+                !used.contains(&repo) && !starting.contains(&repo)
+            })
+            .map(|n| n.name)
+            .collect();
+        let seen_before = std::mem::replace(&mut *lock(&self.empty_networks), empty.clone());
+        for name in empty.intersection(&seen_before) {
+            let _guard = self.network_lock.lock().await;
+            match self.backend.remove_network_if_unused(name).await {
+                Ok(true) => {
+                    tracing::info!(network = %name, "empty network removed by the reconciler")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(network = %name, error = %e, "network kept"),
+            }
+        }
     }
 
     /// Provisioning jobs without a provisioner: interrupted by a restart, or
