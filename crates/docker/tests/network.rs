@@ -182,3 +182,31 @@ async fn a_foreign_network_of_the_same_name_is_refused() {
             .expect("ok")
     );
 }
+
+#[tokio::test]
+async fn our_networks_are_listed_with_their_labels() {
+    let Some(scope) = common::Scope::new("net-list").await else {
+        return;
+    };
+    let net = scope.network("repo-listed").await;
+    let listed = scope
+        .docker
+        .list_networks(&scope.instance)
+        .await
+        .expect("networks listed");
+    let ours = listed
+        .iter()
+        .find(|n| n.name == net)
+        .unwrap_or_else(|| panic!("{net} not in {listed:?}"));
+    assert_eq!(
+        ours.labels
+            .get(proxy_runner_domain::ports::labels::INSTANCE),
+        Some(&scope.instance)
+    );
+    assert!(
+        listed.iter().all(
+            |n| n.labels.get(proxy_runner_domain::ports::labels::INSTANCE) == Some(&scope.instance)
+        ),
+        "only this instance's networks"
+    );
+}
