@@ -41,13 +41,120 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 /// Values that carry credentials whatever their name: URLs with a user-info
-/// part (`https://user:pass@host`).
+/// part (`https://user:pass@host`), or a credential anywhere in the text.
 fn is_secret_value(value: &str) -> bool {
-    value
+    let url_with_user = value
         .split_once("://")
         .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
-        .is_some_and(|authority| authority.contains('@'))
+        .is_some_and(|authority| authority.contains('@'));
+    url_with_user || contains_credential(value)
 }
+
+/// What a credential looks like, by its value: (name, detector). Extend the
+/// list to recognise more.
+pub const CREDENTIAL_SHAPES: &[(&str, fn(&str) -> bool)] = &[
+    ("GitHub token", github_token),
+    ("JSON web token", json_web_token),
+    ("private key", private_key_block),
+    ("AWS access key", aws_access_key),
+    ("Slack token", slack_token),
+    ("chat webhook URL", chat_webhook_url),
+];
+
+/// Whether `text` holds a credential anywhere (free text included).
+pub fn contains_credential(text: &str) -> bool {
+    CREDENTIAL_SHAPES.iter().any(|(_, found)| found(text))
+}
+
+fn token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// `prefix` followed by at least `min` token characters, anywhere.
+fn prefixed(text: &str, prefix: &str, min: usize) -> bool {
+    text.match_indices(prefix).any(|(i, _)| {
+        text[i + prefix.len()..]
+            .chars()
+            .take_while(|c| token_char(*c))
+            .count()
+            >= min
+    })
+}
+
+fn github_token(text: &str) -> bool {
+    ["ghp_", "gho_", "ghu_", "ghs_", "ghr_"]
+        .iter()
+        .any(|p| prefixed(text, p, 20))
+        || prefixed(text, "github_pat_", 20)
+}
+
+fn json_web_token(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .any(|word| {
+            let parts: Vec<&str> = word.split('.').collect();
+            parts.len() == 3 && parts[0].starts_with("eyJ") && parts.iter().all(|p| p.len() >= 10)
+        })
+}
+
+fn private_key_block(text: &str) -> bool {
+    text.contains("-----BEGIN") && text.contains("PRIVATE KEY")
+}
+
+fn aws_access_key(text: &str) -> bool {
+    ["AKIA", "ASIA"].iter().any(|p| {
+        text.match_indices(p).any(|(i, _)| {
+            let rest: String = text[i + p.len()..].chars().take(16).collect();
+            rest.len() == 16
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        })
+    })
+}
+
+fn slack_token(text: &str) -> bool {
+    ["xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-"]
+        .iter()
+        .any(|p| prefixed(text, p, 10))
+}
+
+fn chat_webhook_url(text: &str) -> bool {
+    [
+        "hooks.slack.com/services/",
+        "discord.com/api/webhooks/",
+        "webhook.office.com/",
+    ]
+    .iter()
+    .any(|p| text.contains(p))
+}
+
+/// Replaces credentials inside a JSON value (a matrix): strings that hold
+/// one, and values under secret-looking keys, become `[redacted]`. Returns
+/// how many were replaced.
+pub fn redact_json(value: &mut serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::String(s) if is_secret_value(s) => {
+            *s = REDACTED.to_string();
+            1
+        }
+        serde_json::Value::Array(items) => items.iter_mut().map(redact_json).sum(),
+        serde_json::Value::Object(map) => map
+            .iter_mut()
+            .map(|(k, v)| {
+                if is_secret_name(k) && !v.is_null() {
+                    *v = serde_json::Value::String(REDACTED.to_string());
+                    1
+                } else {
+                    redact_json(v)
+                }
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// What a redacted value reads as.
+pub const REDACTED: &str = "[redacted]";
 
 /// Limits on what is kept of a hook's environment.
 pub const MAX_ENV_ENTRIES: usize = 512;
@@ -68,6 +175,53 @@ pub fn filter_environment(env: BTreeMap<String, String>) -> (BTreeMap<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_recognised_by_value_under_any_name() {
+        let jwt = format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.{}",
+            "eyJzdWIiOiIxMjM0NTY3ODkwIn0", "c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+        );
+        let found = [
+            format!("ghp_{}", "a".repeat(36)),
+            format!("github_pat_{}", "B1".repeat(20)),
+            format!("deploy with ghs_{} now", "x".repeat(30)),
+            jwt.clone(),
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nabc".to_string(),
+            "AKIAIOSFODNN7EXAMPLE".to_string(),
+            format!("xoxb-{}", "1".repeat(20)),
+            "https://hooks.slack.com/services/T000/B000/XXXX".to_string(),
+        ];
+        for value in &found {
+            assert!(contains_credential(value), "{value}");
+            let (kept, dropped) =
+                filter_environment(BTreeMap::from([("BUILD_LABEL".to_string(), value.clone())]));
+            assert!(kept.is_empty() && dropped == 1, "{value}");
+        }
+        for harmless in [
+            "ghp_",
+            "release-1.2.3",
+            "eyJ.short.x",
+            "AKIA-lower",
+            "hello world",
+        ] {
+            assert!(!contains_credential(harmless), "{harmless}");
+        }
+    }
+
+    #[test]
+    fn a_matrix_keeps_its_shape_with_credentials_redacted() {
+        let mut matrix = serde_json::json!({
+            "os": "linux",
+            "api_token": "s3cret",
+            "targets": [{"url": format!("ghp_{}", "z".repeat(30))}, "plain"],
+        });
+        assert_eq!(redact_json(&mut matrix), 2);
+        assert_eq!(
+            matrix,
+            serde_json::json!({"os": "linux", "api_token": REDACTED, "targets": [{"url": REDACTED}, "plain"]})
+        );
+    }
 
     #[test]
     fn credential_names_are_recognised() {

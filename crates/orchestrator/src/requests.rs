@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use proxy_runner_domain::env_filter::{
-    MAX_ENV_ENTRIES, MAX_ENV_NAME_LEN, MAX_ENV_VALUE_LEN, filter_environment,
+    MAX_ENV_ENTRIES, MAX_ENV_NAME_LEN, MAX_ENV_VALUE_LEN, filter_environment, redact_json,
 };
 use proxy_runner_domain::labels::Labels;
 use proxy_runner_domain::names::parse_repository;
@@ -302,6 +302,11 @@ pub fn parse_delegation(body: &[u8]) -> Result<Delegation, ApiError> {
         }
     };
     let needs = needs_field(&obj)?;
+    // Credentials inside the matrix are replaced, counted with the dropped
+    // environment entries so that nothing vanishes unexplained.
+    let mut matrix = matrix;
+    let redacted = matrix.as_mut().map_or(0, redact_json);
+    let dropped_secrets = dropped_secrets + redacted;
     Ok(Delegation {
         job: NewJob {
             job_key,

@@ -393,3 +393,38 @@ async fn matrix_legs_on_one_runner_are_separate_jobs() {
     assert_eq!(done.body["id"], leg2.body["id"]);
     assert_eq!(done.body["status"], "completed");
 }
+
+#[tokio::test]
+async fn credentials_under_innocent_names_and_in_the_matrix_are_never_stored() {
+    let app = Rig::api().await;
+    let token = app.runner_token("p").await;
+    let pat = format!("ghp_{}", "Q".repeat(36));
+    let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOm8vciJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+    let body = serde_json::json!({
+        "jobId": "build", "runId": 3, "repository": "o/r", "workflow": "CI", "runnerName": "p",
+        "labels": "self-hosted",
+        "environment": {"BUILD_LABEL": pat, "GH_PAT": pat, "OIDC_ASSERTION": jwt, "NOTIFY": "https://hooks.slack.com/services/T0/B0/XX", "PLAIN": "kept"},
+        "matrix": {"os": "linux", "api_token": "abc", "target": pat},
+    });
+    let r = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.to_string().as_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["environment"]["PLAIN"], "kept");
+    let stored = app.store.list_jobs(&Default::default()).await.unwrap();
+    let audit = app.store.list_audit(10).await.unwrap();
+    let everything = format!("{}{stored:?}{audit:?}", r.text);
+    for secret in [pat.as_str(), jwt, "hooks.slack.com", "abc\""] {
+        assert!(!everything.contains(secret), "{secret} was kept");
+    }
+    let delegated = audit.iter().find(|e| e.action == "job.delegated").unwrap();
+    assert_eq!(
+        delegated.detail["droppedSecretVariables"], 6,
+        "4 variables and 2 matrix values"
+    );
+}
