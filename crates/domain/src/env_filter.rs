@@ -50,9 +50,12 @@ fn is_secret_value(value: &str) -> bool {
     url_with_user || contains_credential(value)
 }
 
+/// Whether a text holds one kind of credential.
+pub type Detector = fn(&str) -> bool;
+
 /// What a credential looks like, by its value: (name, detector). Extend the
 /// list to recognise more.
-pub const CREDENTIAL_SHAPES: &[(&str, fn(&str) -> bool)] = &[
+pub const CREDENTIAL_SHAPES: &[(&str, Detector)] = &[
     ("GitHub token", github_token),
     ("JSON web token", json_web_token),
     ("private key", private_key_block),
