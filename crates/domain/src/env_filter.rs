@@ -162,7 +162,6 @@ pub const REDACTED: &str = "[redacted]";
 /// Limits on what is kept of a hook's environment.
 pub const MAX_ENV_ENTRIES: usize = 512;
 pub const MAX_ENV_NAME_LEN: usize = 256;
-pub const MAX_ENV_VALUE_LEN: usize = 8 * 1024;
 
 /// Returns the entries that may be stored, and how many were dropped as secrets.
 pub fn filter_environment(env: BTreeMap<String, String>) -> (BTreeMap<String, String>, usize) {

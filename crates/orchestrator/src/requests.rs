@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use proxy_runner_domain::env_filter::{
-    MAX_ENV_ENTRIES, MAX_ENV_NAME_LEN, MAX_ENV_VALUE_LEN, filter_environment, redact_json,
+    MAX_ENV_ENTRIES, MAX_ENV_NAME_LEN, filter_environment, redact_json,
 };
 use proxy_runner_domain::labels::Labels;
 use proxy_runner_domain::names::parse_repository;
@@ -198,11 +198,10 @@ fn environment_field(obj: &Map<String, Value>) -> Result<BTreeMap<String, String
         match value {
             // The design's jq turns lines without '=' into null values: skip them.
             Value::Null => {}
+            // Kept whole (the body limit bounds it): nothing is cut without
+            // notice, and one long variable does not fail a job.
             Value::String(s) => {
-                // Values over the limit are truncated, not rejected: one long
-                // variable must not fail a job.
-                let v: String = s.chars().take(MAX_ENV_VALUE_LEN).collect();
-                env.insert(name.clone(), v);
+                env.insert(name.clone(), s.clone());
             }
             Value::Number(_) | Value::Bool(_) => {
                 env.insert(name.clone(), value.to_string());

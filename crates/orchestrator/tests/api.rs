@@ -428,3 +428,27 @@ async fn credentials_under_innocent_names_and_in_the_matrix_are_never_stored() {
         "4 variables and 2 matrix values"
     );
 }
+
+#[tokio::test]
+async fn long_environment_values_are_kept_whole() {
+    let app = Rig::api().await;
+    let token = app.runner_token("p").await;
+    let long = "v".repeat(100 * 1024);
+    let body = serde_json::json!({
+        "jobId": "build", "runId": 4, "repository": "o/r", "runnerName": "p",
+        "environment": {"LONG_VALUE": long},
+    });
+    let r = app
+        .call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(body.to_string().as_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        r.body["environment"]["LONG_VALUE"].as_str().unwrap().len(),
+        long.len()
+    );
+}
