@@ -35,6 +35,11 @@ status=$(curl --silent --show-error --max-time 30 \
   2>&1 <<<"header = \"Authorization: Bearer ${token}\"") || status="unreachable (${status//$'\n'/ })"
 case "$status" in
   200) echo "proxy-runner: completion reported" ;;
+  unreachable*)
+    echo "::warning::proxy-runner: completion not reported (${status})"
+    # The container hook reports the failed call on its next call.
+    [ -n "${PROXY_RUNNER_HOOK_REPORT:-}" ] && echo "job_completed unreached" >>"$PROXY_RUNNER_HOOK_REPORT" 2>/dev/null || true
+    ;;
   *) echo "::warning::proxy-runner: completion not reported (${status})" ;;
 esac
 exit 0

@@ -18,15 +18,20 @@ use proxy_runner_domain::job_containers::{
 use proxy_runner_domain::ports::{
     BackendError, ContainerBackend, ContainerInfo, JobStore, RunnerRegistry,
 };
+use proxy_runner_emulator::EmulatorConfig;
+use proxy_runner_github::{Auth, GitHubClient, GitHubConfig};
 use proxy_runner_orchestrator::config::{Config, JobPath, LabelSetConfig, ProxySection, Secret};
 use proxy_runner_orchestrator::dry_run::DryRunBackend;
 use proxy_runner_orchestrator::sources::Sources;
 use proxy_runner_orchestrator::{Ports, System};
 use proxy_runner_store::SqliteStore;
 use proxy_runner_test_support::rig::{ADMIN, Rig, design_hook_body};
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use uuid::Uuid;
+
+const PAT: &str = "ghp_proxy-runners-SECRET";
 
 #[tokio::test]
 async fn a_supervisor_token_acts_for_its_slot_runners_and_nothing_else() {
@@ -158,6 +163,7 @@ impl JobContainers for NoEngine {
 
 struct Served {
     router: Router,
+    store: Arc<SqliteStore>,
 }
 
 impl Served {
@@ -213,6 +219,11 @@ impl Served {
         assert_eq!(status, StatusCode::CREATED);
         body["token"].as_str().unwrap().to_string()
     }
+
+    async fn metrics(&self) -> String {
+        let (_, body, _) = self.call("GET", "/metrics", None, None).await;
+        body.as_str().unwrap_or_default().to_string()
+    }
 }
 
 /// The orchestrator with a proxy label set next to an autoscaled one,
@@ -257,7 +268,38 @@ async fn served(registry: Option<Arc<dyn RunnerRegistry>>) -> Served {
     let system = System::build(&config, ports).unwrap();
     Served {
         router: system.router,
+        store,
     }
+}
+
+async fn emulator() -> (
+    proxy_runner_emulator::RunningEmulator,
+    Arc<dyn RunnerRegistry>,
+) {
+    let emulator = proxy_runner_emulator::spawn(
+        EmulatorConfig {
+            pats: vec![PAT.into()],
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let client = GitHubClient::new(GitHubConfig::new(
+        emulator.url(),
+        Auth::Pat(SecretString::from(PAT)),
+    ))
+    .unwrap();
+    (emulator, Arc::new(client))
+}
+
+async fn emulator_runners(emulator: &proxy_runner_emulator::RunningEmulator) -> Vec<Value> {
+    reqwest::get(format!("{}/_emulator/runners", emulator.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -290,4 +332,281 @@ async fn container_hooks_accept_the_slot_runners_of_the_token() {
         };
         assert_eq!(status, expected, "{runner}: {body}");
     }
+}
+
+#[tokio::test]
+async fn jit_configs_are_minted_for_slot_runners_with_proxy_labels_only() {
+    let (emulator, registry) = emulator().await;
+    let app = served(Some(registry)).await;
+    let ci = app.token("ci").await;
+    let request = |name: &str, labels: Value| json!({"name": name, "labels": labels, "workFolder": "/srv/work/ci-0"});
+    let (status, body, headers) = app
+        .call(
+            "POST",
+            "/api/runners/jitconfig",
+            Some(&ci),
+            Some(request("ci-0-1", json!(["self-hosted", "proxy"]))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(body["runnerName"], "ci-0-1");
+    let first_id = body["runnerId"].as_u64().unwrap();
+    let jit = body["encodedJitConfig"].as_str().unwrap().to_string();
+    assert!(jit.len() > 20);
+    let runners = emulator_runners(&emulator).await;
+    assert_eq!(runners.len(), 1, "{runners:?}");
+    assert_eq!(runners[0]["name"], "ci-0-1");
+    assert_eq!(runners[0]["scope"]["org"], "octo");
+    assert_eq!(runners[0]["ephemeral"], true);
+
+    // Refused: autoscaled labels, labels of no proxy set, other names.
+    for (name, labels, expected) in [
+        (
+            "ci-0-2",
+            json!(["self-hosted", "linux", "gpu"]),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "ci-0-2",
+            json!(["self-hosted", "linux", "gpu", "proxy"]),
+            StatusCode::FORBIDDEN,
+        ),
+        ("ci-0-2", json!("self-hosted"), StatusCode::FORBIDDEN),
+        ("ci-0-2", json!([]), StatusCode::FORBIDDEN),
+        ("ci", json!(["self-hosted", "proxy"]), StatusCode::FORBIDDEN),
+        (
+            "other-0-1",
+            json!(["self-hosted", "proxy"]),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "ci-0-1 x",
+            json!(["self-hosted", "proxy"]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let (status, body, _) = app
+            .call(
+                "POST",
+                "/api/runners/jitconfig",
+                Some(&ci),
+                Some(request(name, labels.clone())),
+            )
+            .await;
+        assert_eq!(status, expected, "{name} {labels}: {body}");
+        assert!(body["encodedJitConfig"].is_null());
+    }
+    let (status, _, _) = app
+        .call(
+            "POST",
+            "/api/runners/jitconfig",
+            None,
+            Some(request("ci-0-2", json!(["self-hosted", "proxy"]))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        emulator_runners(&emulator).await.len(),
+        1,
+        "nothing else registered"
+    );
+
+    // The same name again replaces the idle leftover (config.sh --replace).
+    let (status, body, _) = app
+        .call(
+            "POST",
+            "/api/runners/jitconfig",
+            Some(&ci),
+            Some(request("ci-0-1", json!("proxy,self-hosted"))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_ne!(body["runnerId"].as_u64().unwrap(), first_id);
+    let runners = emulator_runners(&emulator).await;
+    assert_eq!(runners.len(), 1, "{runners:?}");
+    assert_eq!(runners[0]["id"].as_u64(), body["runnerId"].as_u64());
+
+    // A repository scope instead of the organization.
+    let (status, body, _) = app
+        .call(
+            "POST",
+            "/api/runners/jitconfig",
+            Some(&ci),
+            Some(json!({"name": "ci-1-1", "labels": ["self-hosted", "proxy"], "repository": "octo/app"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Registration tokens for config.sh, with the URL to configure against.
+    let (status, body, headers) = app
+        .call(
+            "POST",
+            "/api/runners/registration-token",
+            Some(&ci),
+            Some(request("ci-2-1", json!(["self-hosted", "proxy"]))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(body["url"], "https://github.example/octo");
+    assert!(body["token"].as_str().unwrap().len() > 10);
+
+    // Deletion: the slot runners of the token only.
+    let (status, body, _) = app
+        .call("DELETE", "/api/runners/other-0-1", Some(&ci), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body, _) = app
+        .call("DELETE", "/api/runners/ci-0-1", Some(&ci), None)
+        .await;
+    assert_eq!(
+        (status, body["deleted"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{body}"
+    );
+    let (status, body, _) = app
+        .call(
+            "DELETE",
+            "/api/runners/ci-1-1?repository=octo/app",
+            Some(&ci),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["deleted"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{body}"
+    );
+    let (status, body, _) = app
+        .call("DELETE", "/api/runners/ci-0-1", Some(&ci), None)
+        .await;
+    assert_eq!(
+        (status, body["deleted"].as_u64()),
+        (StatusCode::OK, Some(0)),
+        "{body}"
+    );
+    assert!(emulator_runners(&emulator).await.is_empty());
+
+    // The credentials were shown to the caller only: not in the audit trail.
+    let audit = app.store.list_audit(1000).await.unwrap();
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(text.contains("runner.registered"), "{text}");
+    assert!(text.contains("runner.deleted"), "{text}");
+    assert!(!text.contains(&jit), "the JIT config is in the audit trail");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("proxy_runner_proxy_registrations_total{kind=\"jit\",outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn heartbeats_and_hook_calls_become_metrics() {
+    let app = served(None).await;
+    let token = app.token("beat").await;
+    let beat = json!({
+        "uptimeSeconds": 42,
+        "slots": [
+            {"slot": 0, "state": "busy", "runnerName": "beat-0-3", "restarts": 2, "jobs": 2, "lastExitCode": 0},
+            {"slot": 1, "state": "idle", "runnerName": "beat-1-1", "restarts": 1, "jobs": 0, "lastExitCode": 137},
+            {"slot": 2, "state": "stopped", "restarts": 0, "jobs": 0, "lastExitCode": 7},
+        ]
+    });
+    let (status, body, _) = app
+        .call(
+            "POST",
+            "/api/runners/heartbeat",
+            Some(&token),
+            Some(beat.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let metrics = app.metrics().await;
+    for line in [
+        "proxy_runner_proxy_uptime_seconds{runner=\"beat\"} 42",
+        "proxy_runner_proxy_slots{runner=\"beat\"} 3",
+        "proxy_runner_proxy_busy_slots{runner=\"beat\"} 1",
+        "proxy_runner_proxy_listener_restarts{runner=\"beat\"} 3",
+        "proxy_runner_proxy_last_exit_code{runner=\"beat\",slot=\"1\"} 137",
+        "proxy_runner_proxy_last_exit_code{runner=\"beat\",slot=\"2\"} 7",
+        "proxy_runner_proxy_heartbeats_total{runner=\"beat\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("proxy_runner_proxy_last_heartbeat_timestamp_seconds{runner=\"beat\"}")
+    );
+    // Only a runner token, only its own slot runners, well-formed.
+    let (status, _, _) = app
+        .call(
+            "POST",
+            "/api/runners/heartbeat",
+            Some(ADMIN),
+            Some(beat.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = app
+        .call(
+            "POST",
+            "/api/runners/heartbeat",
+            Some(&token),
+            Some(json!({"uptimeSeconds": 1, "slots": [{"slot": 0, "state": "idle", "runnerName": "other-0-1"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = app
+        .call(
+            "POST",
+            "/api/runners/heartbeat",
+            Some(&token),
+            Some(json!({"uptimeSeconds": 1, "slots": [{"slot": 0, "state": "dancing"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Hook calls by hook and outcome; failures the hook client reports.
+    let body = design_hook_body("build", "9", "o/r", "beat-0-3", "self-hosted,proxy");
+    let (status, _, _) = app
+        .call_with_header(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&token),
+            Some(serde_json::from_str(&body).unwrap()),
+            Some((
+                "x-proxy-runner-hook-report",
+                "job_started:unreached=2, run_container_step:connection_failure=5",
+            )),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // An anonymous caller's report is ignored.
+    let (status, _, _) = app
+        .call_with_header(
+            "POST",
+            "/api/hooks/run-container-step",
+            None,
+            Some(json!({})),
+            Some((
+                "x-proxy-runner-hook-report",
+                "run_container_step:connection_failure=100",
+            )),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let metrics = app.metrics().await;
+    for line in [
+        "proxy_runner_hook_executions_total{hook=\"job_started\",outcome=\"unreached\"} 2",
+        "proxy_runner_hook_connection_failures_total{hook=\"run_container_step\"} 5",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("proxy_runner_hook_executions_total{hook=\"job_started\",outcome=\"ok\"}")
+    );
+    assert!(metrics.contains(
+        "proxy_runner_hook_executions_total{hook=\"run_container_step\",outcome=\"refused\"}"
+    ));
 }
