@@ -5,6 +5,7 @@ mod client;
 mod demo;
 mod emulator;
 mod hook;
+mod runner;
 mod serve;
 mod sim_runner;
 
@@ -64,6 +65,10 @@ enum Command {
     /// Hooks the actions runner calls (ACTIONS_RUNNER_CONTAINER_HOOKS).
     #[command(subcommand)]
     Hook(hook::HookCommand),
+    /// Supervise proxy runner listeners: every job they take runs in a
+    /// container the orchestrator creates (needs ORCHESTRATOR_URL and
+    /// PROXY_RUNNER_TOKEN).
+    Runner(runner::RunnerArgs),
 }
 
 #[derive(Subcommand)]
@@ -194,6 +199,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // A hook's exit code is the runner's verdict on the call.
             let code = hook::run(command).await;
             std::process::exit(code);
+        }
+        Command::Runner(args) => {
+            serve::init_logging();
+            runner::run(args).await
         }
         Command::SimRunner(args) => {
             serve::init_logging();

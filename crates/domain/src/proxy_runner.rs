@@ -153,11 +153,11 @@ pub enum Reaction {
     Stop(StopReason),
 }
 
-/// The supervisor's reaction to `exit`, after `failures_in_a_row` earlier
-/// exits of this slot that were not `Renew` (this one not counted). Exit
-/// codes 1 and 5 give up after `max_terminations` in a row; 2 and crashes
+/// The supervisor's reaction to `exit`, after `terminations` earlier exits
+/// with 1 or 5 since the slot's last finished job (this one not counted).
+/// Exit codes 1 and 5 give up at the `max_terminations`th; 2 and crashes
 /// never give up (the orchestrator or GitHub may be down for a while).
-pub fn react(exit: ListenerExit, failures_in_a_row: u32, max_terminations: u32) -> Reaction {
+pub fn react(exit: ListenerExit, terminations: u32, max_terminations: u32) -> Reaction {
     use return_code::*;
     match exit {
         ListenerExit::Code(SUCCESS) => Reaction::Renew,
@@ -165,7 +165,7 @@ pub fn react(exit: ListenerExit, failures_in_a_row: u32, max_terminations: u32) 
         // returns 100 + the job's result: it also ran its one job.
         ListenerExit::Code(100..=105) => Reaction::Renew,
         ListenerExit::Code(TERMINATED_ERROR | SESSION_CONFLICT) => {
-            if failures_in_a_row + 1 >= max_terminations.max(1) {
+            if terminations + 1 >= max_terminations.max(1) {
                 Reaction::Stop(StopReason::KeepsTerminating)
             } else {
                 Reaction::ReregisterAfterBackoff
