@@ -264,3 +264,78 @@ async fn real_exit_codes_from_the_simulator_a_deleted_runner_and_github_out_of_r
     sup.sigterm();
     assert!(sup.wait(LIMIT).await.success(), "{}", sup.log());
 }
+
+#[tokio::test]
+async fn registration_token_mode_configures_each_runner_with_config_sh() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dirs = Dirs::new();
+    install_sim_runner(&dirs.runner_dir());
+    let emulator = emulator().await;
+    let server = orchestrator(
+        &dirs,
+        &emulator.url(),
+        "dry-run",
+        "test-config-sh",
+        &["img"],
+    );
+    let token = token(&server.url, "sup").await;
+    let mut sup = Supervisor::start(
+        &dirs,
+        &server.url,
+        &token,
+        &["--slots", "1", "--registration", "registration-token"],
+        &[],
+    );
+    eventually("config.sh registered the slot's runner", LIMIT, || async {
+        runners(&emulator.url()).await == ["sup-0-1"] && sup.log().contains("Listening for Jobs")
+    })
+    .await;
+    // config.sh kept the registration in the slot's own root, the
+    // credential readable by its owner only.
+    let root = dirs.state_dir().join("sup-0");
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join(".runner")).unwrap()).unwrap();
+    assert_eq!(kept["agentName"], "sup-0-1");
+    assert_eq!(kept["ephemeral"], true);
+    assert_eq!(
+        kept["workFolder"],
+        dirs.work_root().join("sup-0").display().to_string()
+    );
+    let mode = std::fs::metadata(root.join(".credentials"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !dirs.runner_dir().join(".runner").exists(),
+        "the runner directory stays clean"
+    );
+    let listed = get(&format!("{}/_emulator/runners", emulator.url())).await;
+    let labels = listed[0]["labels"].to_string();
+    assert!(
+        labels.contains("proxy") && labels.contains("self-hosted"),
+        "{labels}"
+    );
+
+    // The ephemeral runner takes one job (refused: no container) and the
+    // slot configures the next one.
+    let job = queue(
+        &emulator.url(),
+        serde_json::json!({"repository": "octo/app", "steps": ["true"]}),
+    )
+    .await;
+    eventually("the next runner is configured", LIMIT, || async {
+        runners(&emulator.url()).await == ["sup-0-2"]
+            && emulator_job(&emulator.url(), job).await["status"] == "completed"
+    })
+    .await;
+    assert_eq!(
+        emulator_job(&emulator.url(), job).await["runnerName"],
+        "sup-0-1"
+    );
+    sup.sigterm();
+    assert!(sup.wait(LIMIT).await.success(), "{}", sup.log());
+    assert!(runners(&emulator.url()).await.is_empty());
+    assert!(!root.exists());
+    emulator.shutdown().await;
+}
