@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod demo;
+mod demo_proxy;
 mod emulator;
 mod hook;
 mod runner;
@@ -56,7 +57,8 @@ enum Command {
     /// Measure queued-job-to-container latency next to plain `docker run` (prints figures).
     #[command(hide = true)]
     Bench(bench::BenchArgs),
-    /// Run the whole autoscaling flow on this machine against a local GitHub emulator.
+    /// Run the whole flow on this machine against a local GitHub emulator
+    /// (autoscaling, or with --mode proxy the proxy path).
     Demo(demo::DemoArgs),
     /// Run a local GitHub emulator (REST API, webhooks, job queue) for tests and demos.
     Emulator(emulator::EmulatorArgs),
