@@ -30,6 +30,8 @@ code=$(head -n 1 "$seq" 2>/dev/null)
 [ -n "$code" ] && sed -i 1d "$seq"
 code=${code:-idle}
 echo "$name $code" >> "$SEQ_DIR/log"
+# The test looks for the config in every log afterwards.
+printf '%s' "$ACTIONS_RUNNER_INPUT_JITCONFIG" > "$SEQ_DIR/jit-$name"
 case "$code" in
   crash) kill -9 $$ ;;
   idle) echo "$(date -u '+%Y-%m-%d %H:%M:%SZ'): Listening for Jobs"; exec sleep 1000 ;;
@@ -194,7 +196,25 @@ async fn every_listener_exit_code_and_a_crash_get_their_reaction() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     // The token and the JIT configs were never written down.
-    assert!(!sup.log().contains(&token));
+    let logs = [
+        sup.log(),
+        std::fs::read_to_string(dirs.path("orchestrator.log")).unwrap(),
+    ];
+    let jits: Vec<String> = entries(&seq)
+        .into_iter()
+        .filter(|e| e.starts_with("jit-"))
+        .map(|e| std::fs::read_to_string(seq.join(e)).unwrap())
+        .collect();
+    assert_eq!(jits.len(), 12, "one config per registration");
+    for log in &logs {
+        assert!(!log.contains(&token), "the token is in a log");
+        for jit in &jits {
+            assert!(
+                jit.len() > 40 && !log.contains(jit.as_str()),
+                "a JIT config is in a log"
+            );
+        }
+    }
     emulator.shutdown().await;
 }
 
