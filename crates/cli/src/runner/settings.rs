@@ -48,7 +48,7 @@ pub struct RunnerArgs {
     #[arg(long)]
     pub orchestrator_url: Option<String>,
     /// The runner the orchestrator token was issued for; slot runners are
-    /// `{name}-{slot}-{n}` (PROXY_RUNNER_RUNNER_NAME).
+    /// NAME-SLOT-N (PROXY_RUNNER_RUNNER_NAME).
     #[arg(long)]
     pub name: Option<String>,
     /// Listeners run side by side (PROXY_RUNNER_RUNNER_SLOTS, default 1).
@@ -102,8 +102,8 @@ pub struct RunnerArgs {
     /// Longest backoff (PROXY_RUNNER_RUNNER_BACKOFF_MAX_SECS, default 300).
     #[arg(long)]
     pub backoff_max_secs: Option<u64>,
-    /// Exit codes 1 or 5 in a row before a slot stops
-    /// (PROXY_RUNNER_RUNNER_MAX_TERMINATIONS, default 5).
+    /// Exit codes 1 or 5 (or failed config.sh runs) since the slot's last
+    /// job before it stops (PROXY_RUNNER_RUNNER_MAX_TERMINATIONS, default 5).
     #[arg(long)]
     pub max_terminations: Option<u32>,
     /// More variables passed from this process to the listeners (repeatable;
