@@ -231,6 +231,25 @@ pub struct SlotReport {
     pub last_exit_code: Option<i32>,
 }
 
+impl SlotReport {
+    /// A slot about to register its first runner.
+    pub fn new(slot: u32) -> SlotReport {
+        SlotReport {
+            slot,
+            state: SlotState::Registering,
+            runner_name: None,
+            restarts: 0,
+            jobs: 0,
+            last_exit_code: None,
+        }
+    }
+
+    /// The runner registered for the slot now (`None`: none).
+    pub fn set_runner(&mut self, name: Option<String>) {
+        self.runner_name = name;
+    }
+}
+
 /// What a supervisor tells the orchestrator every so often.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use proxy_runner_domain::proxy_runner::{Heartbeat, SlotReport, SlotState};
+use proxy_runner_domain::proxy_runner::{Heartbeat, SlotReport};
 use proxy_runner_domain::sync::lock;
 use tokio_util::sync::CancellationToken;
 
@@ -123,14 +123,7 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
                 dirs.root.display()
             )
         })?;
-        let status = Arc::new(Mutex::new(SlotReport {
-            slot: index,
-            state: SlotState::Registering,
-            runner_name: None,
-            restarts: 0,
-            jobs: 0,
-            last_exit_code: None,
-        }));
+        let status = Arc::new(Mutex::new(SlotReport::new(index)));
         let stopped_because = Arc::new(Mutex::new(None));
         statuses.push(status.clone());
         reasons.push(stopped_because.clone());

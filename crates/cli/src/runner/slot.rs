@@ -166,7 +166,7 @@ impl Slot {
             n += 1;
             self.set(|s| {
                 s.state = SlotState::Registering;
-                s.runner_name = None;
+                s.set_runner(None);
             });
             if let Err(e) = layout::fresh_dir(&self.dirs.work)
                 .and_then(|()| layout::forget_registration(&self.dirs.root))
@@ -211,7 +211,7 @@ impl Slot {
                 }
             };
             tracing::info!(slot = self.index, runner = %current.name, "runner registered");
-            self.set(|s| s.runner_name = Some(current.name.clone()));
+            self.set(|s| s.set_runner(Some(current.name.clone())));
             loop {
                 self.set(|s| s.state = SlotState::Idle);
                 let jobs_before = lock(&self.status).jobs;
@@ -283,7 +283,7 @@ impl Slot {
         self.clean_up();
         self.set(|s| {
             s.state = SlotState::Stopped;
-            s.runner_name = None;
+            s.set_runner(None);
         });
     }
 
@@ -305,7 +305,7 @@ impl Slot {
         self.clean_up();
         self.set(|s| {
             s.state = SlotState::Stopped;
-            s.runner_name = None;
+            s.set_runner(None);
         });
         *lock(&self.stopped_because) = Some(reason);
     }
