@@ -21,14 +21,25 @@ if [[ ! "$job" =~ ^[A-Za-z0-9_.-]+$ ]]; then
   echo "::warning::proxy-runner: unexpected GITHUB_JOB; completion not reported"
   exit 0
 fi
+# A proxy runner supervisor's token acts for its slot runners: the runner
+# whose job ended is named.
+query=""
+if [[ "${RUNNER_NAME:-}" =~ ^[A-Za-z0-9_.-]+$ ]]; then
+  query="?runner=${RUNNER_NAME}"
+fi
 status=$(curl --silent --show-error --max-time 30 \
   --retry 3 --retry-connrefused --retry-delay 2 \
   --config - \
   -o /dev/null --write-out '%{http_code}' \
-  -X POST "${url%/}/api/jobs/${job}/complete" \
+  -X POST "${url%/}/api/jobs/${job}/complete${query}" \
   2>&1 <<<"header = \"Authorization: Bearer ${token}\"") || status="unreachable (${status//$'\n'/ })"
 case "$status" in
   200) echo "proxy-runner: completion reported" ;;
+  unreachable*)
+    echo "::warning::proxy-runner: completion not reported (${status})"
+    # The container hook reports the failed call on its next call.
+    [ -n "${PROXY_RUNNER_HOOK_REPORT:-}" ] && echo "job_completed unreached" >>"$PROXY_RUNNER_HOOK_REPORT" 2>/dev/null || true
+    ;;
   *) echo "::warning::proxy-runner: completion not reported (${status})" ;;
 esac
 exit 0

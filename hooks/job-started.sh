@@ -46,6 +46,8 @@ response=$(curl --silent --show-error --max-time 30 \
   --data-binary "$body" \
   --write-out '\n%{http_code}' 2>&1 <<<"header = \"Authorization: Bearer ${token}\"") || {
   echo "::error::proxy-runner: cannot reach the orchestrator at ${shown_url}: ${response##*$'\n'}"
+  # The container hook reports the failed call on its next call.
+  [ -n "${PROXY_RUNNER_HOOK_REPORT:-}" ] && echo "job_started unreached" >>"$PROXY_RUNNER_HOOK_REPORT" 2>/dev/null || true
   exit 1
 }
 status="${response##*$'\n'}"

@@ -24,6 +24,13 @@ use sha2::{Digest, Sha256};
 
 #[derive(Args, Clone)]
 pub struct DemoArgs {
+    /// `autoscale`: an ephemeral runner container per job; `proxy`: one
+    /// proxy runner supervisor whose jobs' steps run in per-job containers.
+    #[arg(long, default_value = "autoscale", value_parser = ["autoscale", "proxy"])]
+    pub mode: String,
+    /// Proxy mode: the supervisor's listener slots.
+    #[arg(long, default_value_t = 3)]
+    pub slots: u32,
     /// How many workflow jobs to queue.
     #[arg(long, default_value_t = 6)]
     pub jobs: usize,
@@ -58,7 +65,7 @@ const DEFAULT_STEPS: &[&str] = &[
     "touch /should-fail 2>/dev/null && echo 'root filesystem is WRITABLE' && exit 1 || echo 'root filesystem is read-only'",
 ];
 
-fn random_secret(prefix: &str) -> String {
+pub(crate) fn random_secret(prefix: &str) -> String {
     let mut b = [0u8; 24];
     rand::rng().fill_bytes(&mut b);
     format!("{prefix}{}", hex::encode(b))
@@ -67,7 +74,7 @@ fn random_secret(prefix: &str) -> String {
 /// The image tag is derived from the binary and the userland it gets (static
 /// busybox, or this host's shell and tools), so a rebuilt binary gets a fresh
 /// image.
-fn runner_image_tag(binary: &std::path::Path) -> anyhow::Result<String> {
+pub(crate) fn runner_image_tag(binary: &std::path::Path) -> anyhow::Result<String> {
     let bytes =
         std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
     let mut hasher = Sha256::new();
@@ -234,6 +241,9 @@ pub async fn rig(
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
+    if args.mode == "proxy" {
+        return crate::demo_proxy::run(args).await;
+    }
     if args.jobs == 0 || args.repos == 0 {
         bail!("--jobs and --repos must be at least 1");
     }
@@ -435,7 +445,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 }
 
 /// A job as the emulator's admin API shows it (status, runner, steps).
-async fn emulator_job(
+pub(crate) async fn emulator_job(
     http: &reqwest::Client,
     emulator_url: &str,
     id: u64,
@@ -449,7 +459,10 @@ async fn emulator_job(
         .await?)
 }
 
-async fn our_networks(docker: &DockerBackend, instance: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn our_networks(
+    docker: &DockerBackend,
+    instance: &str,
+) -> anyhow::Result<Vec<String>> {
     let client = docker.client().await?;
     let filters = std::collections::HashMap::from([(
         "label".to_string(),

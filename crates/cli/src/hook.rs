@@ -126,6 +126,10 @@ struct Settings {
     shown_url: String,
     token: String,
     runner_name: String,
+    /// Where calls that never reached the orchestrator are noted until a
+    /// later call reports them (`PROXY_RUNNER_HOOK_REPORT`, set by the
+    /// supervisor; the job hooks note theirs there too).
+    report_file: Option<std::path::PathBuf>,
 }
 
 /// Values that must never be printed.
@@ -237,10 +241,18 @@ async fn container_call(out: &mut Output) -> Result<i32, Failure> {
         .user_agent(concat!("proxy-runner-hook/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {}", e.without_url()))?;
+    // Failures noted earlier (by this hook or the job hooks) go with this call.
+    let pending = settings
+        .report_file
+        .as_deref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .map(|text| HookReport::parse(&text))
+        .unwrap_or_default();
     let client = Client {
         http,
         settings,
         command: input.command,
+        report: std::sync::Mutex::new(pending),
     };
     match input.command {
         Command::PrepareJob => prepare_job(&client, &input, out).await,
@@ -275,11 +287,15 @@ fn settings_from_env() -> Result<Settings, Failure> {
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty())
         .ok_or("RUNNER_NAME is not set in the runner's environment")?;
+    let report_file = std::env::var_os("PROXY_RUNNER_HOOK_REPORT")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from);
     Ok(Settings {
         url,
         shown_url,
         token,
         runner_name,
+        report_file,
     })
 }
 
@@ -385,13 +401,78 @@ struct Client {
     http: reqwest::Client,
     settings: Settings,
     command: Command,
+    /// Failures not yet reported, and this call's tries without an answer.
+    report: std::sync::Mutex<HookReport>,
+}
+
+/// Calls and tries that got no answer from the orchestrator, by hook.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct HookReport {
+    /// (hook, kind) → count; kind is `unreached` or `connection_failure`.
+    counts: std::collections::BTreeMap<(String, String), u64>,
+}
+
+impl HookReport {
+    /// Reads the noted failures: lines `HOOK KIND [COUNT]`; anything else
+    /// is skipped (the orchestrator checks again).
+    fn parse(text: &str) -> HookReport {
+        let mut report = HookReport::default();
+        for line in text.lines().take(1000) {
+            let mut words = line.split_whitespace();
+            let (Some(hook), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let count = words.next().and_then(|c| c.parse().ok()).unwrap_or(1u64);
+            let valid = |w: &str| {
+                !w.is_empty()
+                    && w.len() <= 40
+                    && w.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            };
+            if valid(hook) && valid(kind) {
+                report.add(hook, kind, count);
+            }
+        }
+        report
+    }
+
+    fn add(&mut self, hook: &str, kind: &str, count: u64) {
+        *self
+            .counts
+            .entry((hook.to_string(), kind.to_string()))
+            .or_default() += count;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// The `X-Proxy-Runner-Hook-Report` header value.
+    fn header(&self) -> String {
+        self.counts
+            .iter()
+            .map(|((hook, kind), n)| format!("{hook}:{kind}={n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The file's content.
+    fn lines(&self) -> String {
+        self.counts
+            .iter()
+            .map(|((hook, kind), n)| format!("{hook} {kind} {n}\n"))
+            .collect()
+    }
 }
 
 /// The outcome of one try.
 enum Attempt {
     Answer(reqwest::Response),
-    /// Worth another try (no answer, timeout, 5xx), with the reason.
-    Retry(String),
+    /// Worth another try (no answer, timeout, 5xx), with the reason and
+    /// whether the orchestrator answered at all.
+    Retry {
+        reason: String,
+        answered: bool,
+    },
 }
 
 impl Client {
@@ -403,14 +484,27 @@ impl Client {
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
+        // Whether any try got an answer (then the call was not unreached).
+        let mut reached = false;
         loop {
             let left = overall.saturating_sub(started.elapsed());
             let reason = match self.try_once(body, per_try.min(left)).await? {
                 Attempt::Answer(response) => return Ok(response),
-                Attempt::Retry(reason) => reason,
+                Attempt::Retry { reason, answered } => {
+                    if answered {
+                        reached = true;
+                    } else {
+                        self.note(self.command.name(), "connection_failure");
+                    }
+                    reason
+                }
             };
             let pause = jitter(backoff);
             if attempt >= ATTEMPTS || started.elapsed() + pause >= overall {
+                if !reached {
+                    self.note(self.command.name(), "unreached");
+                }
+                self.keep_report();
                 return Err(format!("{reason} (gave up after {attempt} tries)").into());
             }
             tokio::time::sleep(pause).await;
@@ -419,34 +513,73 @@ impl Client {
         }
     }
 
+    fn note(&self, hook: &str, kind: &str) {
+        proxy_runner_domain::sync::lock(&self.report).add(hook, kind, 1);
+    }
+
+    /// Notes the unreported failures for a later call (best effort: a
+    /// report is advisory).
+    fn keep_report(&self) {
+        let Some(path) = &self.settings.report_file else {
+            return;
+        };
+        let report = proxy_runner_domain::sync::lock(&self.report).clone();
+        let _ = std::fs::write(path, report.lines());
+    }
+
+    /// The orchestrator heard the report: nothing is pending any more.
+    fn report_delivered(&self) {
+        let mut report = proxy_runner_domain::sync::lock(&self.report);
+        if report.is_empty() {
+            return;
+        }
+        *report = HookReport::default();
+        if let Some(path) = &self.settings.report_file {
+            let _ = std::fs::write(path, "");
+        }
+    }
+
     async fn try_once(&self, body: &Value, timeout: Duration) -> Result<Attempt, Failure> {
         let url = format!("{}{}", self.settings.url, self.command.path());
-        let request = self
+        let mut request = self
             .http
             .post(url)
             .bearer_auth(&self.settings.token)
             .json(body);
+        let report = proxy_runner_domain::sync::lock(&self.report).header();
+        if !report.is_empty() {
+            request = request.header("X-Proxy-Runner-Hook-Report", report);
+        }
         // Only the wait for the answer's head is bounded here: a step's
         // stream may then run for hours.
         let response = match tokio::time::timeout(timeout, request.send()).await {
             Err(_) => {
-                return Ok(Attempt::Retry(format!(
-                    "the orchestrator at {} did not answer {} within {}s",
-                    self.settings.shown_url,
-                    self.command.name(),
-                    timeout.as_secs()
-                )));
+                return Ok(Attempt::Retry {
+                    reason: format!(
+                        "the orchestrator at {} did not answer {} within {}s",
+                        self.settings.shown_url,
+                        self.command.name(),
+                        timeout.as_secs()
+                    ),
+                    answered: false,
+                });
             }
             Ok(Err(e)) => {
-                return Ok(Attempt::Retry(format!(
-                    "cannot reach the orchestrator at {}: {}",
-                    self.settings.shown_url,
-                    error_chain(&e.without_url())
-                )));
+                return Ok(Attempt::Retry {
+                    reason: format!(
+                        "cannot reach the orchestrator at {}: {}",
+                        self.settings.shown_url,
+                        error_chain(&e.without_url())
+                    ),
+                    answered: false,
+                });
             }
             Ok(Ok(response)) => response,
         };
         let status = response.status();
+        if status != reqwest::StatusCode::UNAUTHORIZED {
+            self.report_delivered();
+        }
         if status.is_success() {
             return Ok(Attempt::Answer(response));
         }
@@ -462,7 +595,10 @@ impl Client {
             }
         );
         if status.is_server_error() {
-            return Ok(Attempt::Retry(format!("the orchestrator failed {what}")));
+            return Ok(Attempt::Retry {
+                reason: format!("the orchestrator failed {what}"),
+                answered: true,
+            });
         }
         let hint = match status.as_u16() {
             401 => " - is the runner's orchestrator token valid?",
@@ -721,6 +857,20 @@ mod tests {
         assert_eq!(escape_command_data("100%\n"), "100%25%0A");
         let secrets = Secrets(vec!["hunter2".into(), "x".into()]);
         assert_eq!(secrets.redact("a hunter2 x"), "a *** x");
+    }
+
+    #[test]
+    fn reports_of_failed_calls_round_trip() {
+        let mut report = HookReport::parse(
+            "job_started unreached\nprepare_job connection_failure 3\njob_started unreached\nBAD LINE\n\nx\n",
+        );
+        assert_eq!(
+            report.header(),
+            "job_started:unreached=2,prepare_job:connection_failure=3"
+        );
+        report.add("prepare_job", "unreached", 1);
+        assert_eq!(HookReport::parse(&report.lines()), report);
+        assert!(HookReport::parse("").is_empty());
     }
 
     #[test]

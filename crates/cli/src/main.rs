@@ -3,8 +3,10 @@
 mod bench;
 mod client;
 mod demo;
+mod demo_proxy;
 mod emulator;
 mod hook;
+mod runner;
 mod serve;
 mod sim_runner;
 mod store_url;
@@ -56,7 +58,8 @@ enum Command {
     /// Measure queued-job-to-container latency next to plain `docker run` (prints figures).
     #[command(hide = true)]
     Bench(bench::BenchArgs),
-    /// Run the whole autoscaling flow on this machine against a local GitHub emulator.
+    /// Run the whole flow on this machine against a local GitHub emulator
+    /// (autoscaling, or with --mode proxy the proxy path).
     Demo(demo::DemoArgs),
     /// Run a local GitHub emulator (REST API, webhooks, job queue) for tests and demos.
     Emulator(emulator::EmulatorArgs),
@@ -65,6 +68,10 @@ enum Command {
     /// Hooks the actions runner calls (ACTIONS_RUNNER_CONTAINER_HOOKS).
     #[command(subcommand)]
     Hook(hook::HookCommand),
+    /// Supervise proxy runner listeners: every job they take runs in a
+    /// container the orchestrator creates (needs ORCHESTRATOR_URL and
+    /// PROXY_RUNNER_TOKEN).
+    Runner(runner::RunnerArgs),
 }
 
 #[derive(Subcommand)]
@@ -195,6 +202,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // A hook's exit code is the runner's verdict on the call.
             let code = hook::run(command).await;
             std::process::exit(code);
+        }
+        Command::Runner(args) => {
+            serve::init_logging();
+            runner::run(args).await
         }
         Command::SimRunner(args) => {
             serve::init_logging();

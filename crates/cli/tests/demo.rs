@@ -162,3 +162,78 @@ fn caps_hold_on_the_real_engine_under_a_burst_of_fifty_jobs() {
         "the burst never ran in parallel (max {max_instance}): the sampling saw nothing"
     );
 }
+
+/// `proxy-runner demo --mode proxy` at a small size: one supervisor with
+/// two simulated slots, every job's steps in its own container.
+#[test]
+fn the_proxy_demo_runs_every_step_in_a_per_job_container_and_leaves_nothing_behind() {
+    if !docker_reachable() {
+        assert!(std::env::var_os("CI").is_none(), "Docker is required in CI");
+        eprintln!("skipping: docker not reachable");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
+        .args([
+            "demo",
+            "--mode",
+            "proxy",
+            "--jobs",
+            "3",
+            "--repos",
+            "2",
+            "--slots",
+            "2",
+            "--timeout-secs",
+            "240",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("PASS: 3 of 3 jobs succeeded")
+            && stdout.contains("each in its own container"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("nothing left behind"), "{stdout}");
+    assert!(
+        stdout.contains("PROXY RUNNER") && stdout.contains("JOB CONTAINER"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("== Set up runner (exit 0)"), "{stdout}");
+    assert!(stdout.contains("as uid 1001"), "{stdout}");
+    for repo in ["demo-org/repo-1", "demo-org/repo-2"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with("job-")
+                && l.contains(repo)
+                && l.contains("demo-proxy-")
+                && l.trim_end().ends_with("success")),
+            "{repo}: {stdout}"
+        );
+    }
+
+    // A failing step makes it fail.
+    let out = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
+        .args([
+            "demo",
+            "--mode",
+            "proxy",
+            "--jobs",
+            "1",
+            "--repos",
+            "1",
+            "--slots",
+            "1",
+            "--step",
+            "exit 3",
+            "--timeout-secs",
+            "120",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("FAIL: 0 of 1"), "{stdout}");
+    assert!(stdout.contains("nothing left behind"), "{stdout}");
+}

@@ -14,6 +14,7 @@ pub mod labels;
 pub mod names;
 pub mod policy;
 pub mod ports;
+pub mod proxy_runner;
 pub mod runner_plan;
 pub mod schedule;
 pub mod sync;

@@ -324,6 +324,8 @@ pub struct SimRunner {
     work_folder: String,
     host: RunnerHost,
     http: reqwest::Client,
+    /// Print the real listener's console lines on stdout.
+    console: bool,
 }
 
 impl fmt::Debug for SimRunner {
@@ -378,6 +380,7 @@ impl SimRunner {
             work_folder: doc.work_folder,
             host: RunnerHost::default(),
             http: http_client()?,
+            console: false,
         })
     }
 
@@ -433,6 +436,7 @@ impl SimRunner {
             work_folder: String::new(),
             host: RunnerHost::default(),
             http,
+            console: false,
         })
     }
 
@@ -441,6 +445,47 @@ impl SimRunner {
     pub fn with_host(mut self, host: RunnerHost) -> SimRunner {
         self.host = host;
         self
+    }
+
+    /// Prints what the real `Runner.Listener` prints on its console
+    /// (`{time}: Listening for Jobs`, `{time}: Running job: {name}`,
+    /// `{time}: Job {name} completed with result: {result}`), which is how
+    /// a supervisor tells a busy runner from an idle one.
+    pub fn with_console(mut self, on: bool) -> SimRunner {
+        self.console = on;
+        self
+    }
+
+    /// Sets the work folder (`config.sh --work`): absolute, or under the
+    /// runner's root.
+    pub fn with_work_folder(mut self, folder: impl Into<String>) -> SimRunner {
+        self.work_folder = folder.into();
+        self
+    }
+
+    /// The runner's configuration, credential included, as a JIT config
+    /// document: what `config.sh` keeps in the runner's root for later
+    /// starts. A secret.
+    pub fn encoded_config(&self) -> SecretString {
+        let doc = JitConfigDocument {
+            url: self.base_url.clone(),
+            scope_url: self.base_url.clone(),
+            runner_id: self.runner_id,
+            runner_name: self.runner_name.clone(),
+            credential: self.credential.expose_secret().to_string(),
+            work_folder: self.work_folder.clone(),
+        };
+        let json = serde_json::to_vec(&doc).unwrap_or_default();
+        SecretString::from(base64::engine::general_purpose::STANDARD.encode(json))
+    }
+
+    fn say(&self, line: &str) {
+        if self.console {
+            println!(
+                "{}: {line}",
+                chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ")
+            );
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -467,9 +512,11 @@ impl SimRunner {
         executor: &dyn StepExecutor,
         opts: &RunOptions,
     ) -> Result<RunOutcome, RunnerError> {
+        self.say("Listening for Jobs");
         let Some(job) = self.wait_for_job(opts).await? else {
             return Ok(RunOutcome::NoJob);
         };
+        self.say(&format!("Running job: {}", job.name));
         tracing::info!(
             runner = %self.runner_name,
             job_id = job.job_id,
@@ -513,7 +560,19 @@ impl SimRunner {
                 }
             }
         }
-        run.finish().await
+        let outcome = run.finish().await?;
+        if let RunOutcome::Completed(done) = &outcome {
+            let result = match done.result {
+                JobResult::Succeeded => "Succeeded",
+                JobResult::Failed => "Failed",
+                JobResult::Cancelled => "Canceled",
+            };
+            self.say(&format!(
+                "Job {} completed with result: {result}",
+                done.name
+            ));
+        }
+        Ok(outcome)
     }
 
     fn step_env(&self, job: &JobAssignment) -> Vec<(String, String)> {
@@ -1214,6 +1273,21 @@ mod tests {
         // The default shell has no pipefail.
         let r = shell.run_step(&ctx("false | true; echo reached")).await;
         assert_eq!((r.exit_code, r.output.as_str()), (0, "reached\n"));
+    }
+
+    #[test]
+    fn a_stored_configuration_starts_the_same_runner() {
+        let doc = base64::engine::general_purpose::STANDARD.encode(
+            r#"{"url":"http://127.0.0.1:1","scopeUrl":"http://127.0.0.1:1/o/r","runnerId":7,"runnerName":"r7","credential":"hunter2"}"#,
+        );
+        let runner = SimRunner::from_jit_config(&doc)
+            .unwrap()
+            .with_work_folder("/srv/work/r7");
+        let again = SimRunner::from_jit_config(runner.encoded_config().expose_secret()).unwrap();
+        assert_eq!((again.id(), again.name()), (7, "r7"));
+        assert_eq!(again.server_url(), "http://127.0.0.1:1");
+        assert_eq!(again.work_folder, "/srv/work/r7");
+        assert_eq!(again.credential.expose_secret(), "hunter2");
     }
 
     #[test]

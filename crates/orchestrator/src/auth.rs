@@ -26,6 +26,19 @@ impl Principal {
             Principal::Runner { name, .. } => format!("runner:{name}"),
         }
     }
+    /// Whether this caller may act for `runner`: the admin for any runner,
+    /// a runner token for its own runner and, when that runner is a proxy
+    /// runner supervisor, for the runners it registers per slot
+    /// (`{name}-{slot}-{n}`, domain `proxy_runner::token_acts_for`).
+    pub fn acts_for(&self, runner: &str) -> bool {
+        match self {
+            Principal::Admin => true,
+            Principal::Runner { name, .. } => {
+                proxy_runner_domain::proxy_runner::token_acts_for(name, runner)
+            }
+        }
+    }
+
     pub fn require_admin(&self) -> Result<(), ServiceError> {
         match self {
             Principal::Admin => Ok(()),

@@ -21,6 +21,7 @@ use crate::config::{Config, JobPath};
 use crate::hook_api::{self, HookApiState};
 use crate::metrics as m;
 use crate::proxy::{ProxyConfig, ProxyJobs};
+use crate::runners_api::{self, RunnersApiState, RunnersSettings};
 use crate::service::Orchestrator;
 use crate::sources::Sources;
 use crate::webhook::{self, WebhookState};
@@ -95,12 +96,18 @@ impl System {
             metrics: crate::metrics::prometheus(),
             started: Instant::now(),
         };
+        let runners = RunnersApiState::new(
+            state.clone(),
+            ports.registry.clone(),
+            RunnersSettings::from_config(config),
+        );
         let router = app(
             state.clone(),
             HookApiState {
                 app: state,
                 proxy: proxy.clone(),
             },
+            runners,
             WebhookState {
                 secret: config.github.webhook_secret.get().cloned(),
                 autoscaler: autoscaler.clone(),
@@ -170,12 +177,21 @@ fn proxy_jobs(config: &Config, ports: &Ports) -> Option<Arc<ProxyJobs>> {
 
 /// The served router: the API and the webhook receiver, one JSON answer for
 /// unknown routes and methods, and every request counted.
-pub fn app(state: AppState, hooks: HookApiState, webhooks: WebhookState) -> Router {
+pub fn app(
+    state: AppState,
+    hooks: HookApiState,
+    runners: RunnersApiState,
+    webhooks: WebhookState,
+) -> Router {
     api::routes(state)
         .merge(hook_api::routes(hooks))
+        .merge(runners_api::routes(runners))
         .merge(webhook::routes(webhooks))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn(
+            crate::runner_health::count_hook_calls,
+        ))
         .layer(axum::middleware::from_fn(count_requests))
 }
 

@@ -13,6 +13,8 @@ pub mod hook_api;
 pub mod metrics;
 pub mod proxy;
 pub mod requests;
+pub mod runner_health;
+pub mod runners_api;
 pub mod service;
 pub mod sources;
 pub mod webhook;

@@ -17,6 +17,17 @@ pub const PROVISION_DURATION: &str = "proxy_runner_provision_duration_seconds";
 pub const QUEUE_TO_START: &str = "proxy_runner_queue_to_start_seconds";
 pub const LIVE_CONTAINERS: &str = "proxy_runner_live_containers";
 pub const BACKEND_UP: &str = "proxy_runner_backend_up";
+// Proxy runners (supervisors' heartbeats, registrations, hook calls).
+pub const PROXY_UPTIME: &str = "proxy_runner_proxy_uptime_seconds";
+pub const PROXY_SLOTS: &str = "proxy_runner_proxy_slots";
+pub const PROXY_BUSY_SLOTS: &str = "proxy_runner_proxy_busy_slots";
+pub const PROXY_RESTARTS: &str = "proxy_runner_proxy_listener_restarts";
+pub const PROXY_LAST_EXIT_CODE: &str = "proxy_runner_proxy_last_exit_code";
+pub const PROXY_HEARTBEATS: &str = "proxy_runner_proxy_heartbeats_total";
+pub const PROXY_LAST_HEARTBEAT: &str = "proxy_runner_proxy_last_heartbeat_timestamp_seconds";
+pub const PROXY_REGISTRATIONS: &str = "proxy_runner_proxy_registrations_total";
+pub const HOOK_EXECUTIONS: &str = "proxy_runner_hook_executions_total";
+pub const HOOK_CONNECTION_FAILURES: &str = "proxy_runner_hook_connection_failures_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -80,5 +91,39 @@ pub fn describe() {
     describe_gauge!(
         BACKEND_UP,
         "1 when the container engine answered the last ping."
+    );
+    describe_gauge!(
+        PROXY_UPTIME,
+        "Seconds since the proxy runner supervisor started, by runner (last heartbeat)."
+    );
+    describe_gauge!(PROXY_SLOTS, "Listener slots of a proxy runner supervisor.");
+    describe_gauge!(
+        PROXY_BUSY_SLOTS,
+        "Slots of a proxy runner supervisor running a job."
+    );
+    describe_gauge!(
+        PROXY_RESTARTS,
+        "Listener restarts after a failure since the supervisor started, by runner."
+    );
+    describe_gauge!(
+        PROXY_LAST_EXIT_CODE,
+        "Exit code of the last listener of a slot (128 + signal for a crash)."
+    );
+    describe_counter!(PROXY_HEARTBEATS, "Heartbeats received, by runner.");
+    describe_gauge!(
+        PROXY_LAST_HEARTBEAT,
+        "Unix time of a supervisor's last heartbeat, by runner."
+    );
+    describe_counter!(
+        PROXY_REGISTRATIONS,
+        "Runner registrations minted for proxy runners, by kind and outcome."
+    );
+    describe_counter!(
+        HOOK_EXECUTIONS,
+        "Hook calls, by hook and outcome (ok, refused, error; unreached as reported by the hook client)."
+    );
+    describe_counter!(
+        HOOK_CONNECTION_FAILURES,
+        "Tries of a hook to reach the orchestrator that got no answer, as reported by the hook client."
     );
 }

@@ -115,9 +115,7 @@ impl Orchestrator {
         delegation: Delegation,
     ) -> ServiceResult<(Job, bool)> {
         let runner_name = delegation.job.runner_name.clone().unwrap_or_default();
-        if let Principal::Runner { name, .. } = who
-            && *name != runner_name
-        {
+        if !who.acts_for(&runner_name) {
             return Err(ServiceError::Forbidden(format!(
                 "runnerName {runner_name:?} is not the runner this token was issued for"
             )));
@@ -228,7 +226,7 @@ impl Orchestrator {
                 .await?
                 .ok_or_else(|| ServiceError::NotFound(format!("no job with id {uuid}")))?;
             if let Principal::Runner { name, .. } = who
-                && job.runner_name.as_deref() != Some(name.as_str())
+                && !job.runner_name.as_deref().is_some_and(|r| who.acts_for(r))
             {
                 return Err(ServiceError::Forbidden(format!(
                     "job {uuid} does not belong to runner {name:?}"
@@ -243,7 +241,16 @@ impl Orchestrator {
             });
         }
         let runner_name = match (who, runner) {
-            (Principal::Runner { name, .. }, _) => name.clone(),
+            // A supervisor's token names the slot runner whose job ended.
+            (Principal::Runner { name, .. }, Some(r)) => {
+                if !who.acts_for(r) {
+                    return Err(ServiceError::Forbidden(format!(
+                        "runner {r:?} is not {name:?} or one of its slot runners"
+                    )));
+                }
+                r.to_string()
+            }
+            (Principal::Runner { name, .. }, None) => name.clone(),
             (Principal::Admin, Some(r)) => r.to_string(),
             (Principal::Admin, None) => {
                 return Err(ServiceError::BadQuery(
@@ -357,7 +364,9 @@ impl Orchestrator {
             .ok_or_else(|| ServiceError::NotFound(format!("no job with id {uuid}")))?;
         match who {
             Principal::Admin => Ok(job),
-            Principal::Runner { name, .. } if job.runner_name.as_deref() == Some(name.as_str()) => {
+            Principal::Runner { .. }
+                if job.runner_name.as_deref().is_some_and(|r| who.acts_for(r)) =>
+            {
                 Ok(job)
             }
             Principal::Runner { .. } => Err(ServiceError::Forbidden(

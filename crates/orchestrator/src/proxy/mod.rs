@@ -114,9 +114,7 @@ impl ProxyJobs {
     /// the runner's active one. A runner acts only for its own jobs.
     async fn find_job(&self, who: &Principal, request: &HookRequest) -> Result<Job, ProxyError> {
         let runner = request.runner_name.as_str();
-        if let Principal::Runner { name, .. } = who
-            && name != runner
-        {
+        if !who.acts_for(runner) {
             return Err(ServiceError::Forbidden(format!(
                 "runnerName {runner:?} is not the runner this token was issued for"
             ))
