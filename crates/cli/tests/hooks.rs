@@ -43,6 +43,8 @@ fn token(server: &Server, runner: &str) -> String {
         &format!("{}/api/tokens", server.url),
         "-H",
         &format!("Authorization: Bearer {ADMIN}"),
+        "-H",
+        "Content-Type: application/json",
         "-d",
         &format!(r#"{{"runner":"{runner}"}}"#),
     ]);
