@@ -136,6 +136,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         backend: BackendKind::Docker,
         admin_token: Secret::new(admin.clone()),
         instance: instance.clone(),
+        http: defaults.http.clone(),
         github: GitHubSection {
             api_url: emulator_url.clone(),
             web_url: emulator_url.clone(),

@@ -16,7 +16,7 @@ use proxy_runner_github::{Auth, GitHubClient, GitHubConfig, Poller, load_private
 use proxy_runner_orchestrator::config::{BackendKind, Config};
 use proxy_runner_orchestrator::dry_run::DryRunBackend;
 use proxy_runner_orchestrator::sources::Sources;
-use proxy_runner_orchestrator::{Ports, System};
+use proxy_runner_orchestrator::{Ports, System, server};
 use proxy_runner_store::SqliteStore;
 use proxy_runner_store_postgres::PostgresStore;
 use tokio::net::TcpListener;
@@ -156,9 +156,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(%addr, db = %shown(&config.database), backend = ?config.backend, "orchestrator listening");
     let server_stop = stop.clone();
     let router = system.router;
+    let limits = config.http.limits();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { server_stop.cancelled().await })
+        server::serve(listener, router, limits, server_stop)
             .await
             .context("HTTP server failed")
     });

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use proxy_runner_domain::job_containers::JobContainers;
 use proxy_runner_domain::labels::{LabelError, LabelSet};
 use proxy_runner_domain::ports::{ContainerBackend, JobStore, QueuedJobFeed, RunnerRegistry};
@@ -192,7 +192,46 @@ pub fn app(
         .layer(axum::middleware::from_fn(
             crate::runner_health::count_hook_calls,
         ))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
+        // A body that stops coming is not waited for.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_READ_TIMEOUT,
+        ))
         .layer(axum::middleware::from_fn(count_requests))
+}
+
+/// How long reading a request body may stall.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest body a route accepts.
+fn body_limit(path: &str) -> usize {
+    if path.starts_with("/webhooks/") {
+        webhook::WEBHOOK_BODY_LIMIT
+    } else if path.starts_with("/api/hooks/") {
+        proxy_runner_domain::container_hooks::limits::INPUT_BYTES
+    } else {
+        api::API_BODY_LIMIT
+    }
+}
+
+/// A `Content-Length` over the route's limit is answered at once, before
+/// authentication and without reading a byte of the body.
+async fn refuse_declared_oversize(req: Request, next: axum::middleware::Next) -> Response {
+    let limit = body_limit(req.uri().path());
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return crate::error::ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn count_requests(req: Request, next: axum::middleware::Next) -> Response {

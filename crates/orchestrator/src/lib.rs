@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod requests;
 pub mod runner_health;
 pub mod runners_api;
+pub mod server;
 pub mod service;
 pub mod sources;
 pub mod webhook;

@@ -102,6 +102,8 @@ pub struct Config {
     pub instance: String,
     pub github: GitHubSection,
     pub runners: RunnersSection,
+    /// Connection limits of the HTTP server.
+    pub http: HttpSection,
     /// The proxy path (container hooks); absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySection>,
@@ -117,6 +119,7 @@ impl Default for Config {
             instance: "default".into(),
             github: GitHubSection::default(),
             runners: RunnersSection::default(),
+            http: HttpSection::default(),
             proxy: None,
         }
     }
@@ -155,6 +158,39 @@ impl Default for GitHubSection {
             runner_group_id: 1,
             organization: None,
             poll: PollSection::default(),
+        }
+    }
+}
+
+/// `[http]`: what keeps the server up for valid clients while others are
+/// slow, idle or hostile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// A request's headers (and the next request on an idle connection)
+    /// must arrive within this (`PROXY_RUNNER_HTTP_HEADER_TIMEOUT_SECS`).
+    pub header_read_timeout_secs: u64,
+    /// Open connections at most (`PROXY_RUNNER_HTTP_MAX_CONNECTIONS`); keep
+    /// it below the process's open-file limit.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let limits = crate::server::ServerLimits::default();
+        HttpSection {
+            header_read_timeout_secs: limits.header_read_timeout.as_secs(),
+            max_connections: limits.max_connections,
+        }
+    }
+}
+
+impl HttpSection {
+    pub fn limits(&self) -> crate::server::ServerLimits {
+        crate::server::ServerLimits {
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            max_connections: self.max_connections,
+            ..Default::default()
         }
     }
 }
@@ -378,6 +414,12 @@ impl Config {
         {
             gh.webhook_secret = Secret::new(v);
         }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_HEADER_TIMEOUT_SECS")? {
+            self.http.header_read_timeout_secs = v;
+        }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_MAX_CONNECTIONS")? {
+            self.http.max_connections = v;
+        }
         if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_RUNNER_IMAGE")? {
             self.runners.image = v;
         }
@@ -424,6 +466,11 @@ impl Config {
                     h.user
                 ));
             }
+        }
+        if self.http.header_read_timeout_secs == 0 || self.http.max_connections == 0 {
+            return bad(
+                "http.header_read_timeout_secs and http.max_connections must be at least 1".into(),
+            );
         }
         if let Some(proxy) = &self.proxy {
             proxy.validate()?;
