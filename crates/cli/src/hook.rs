@@ -34,8 +34,10 @@ pub async fn run(command: HookCommand) -> i32 {
     }
 }
 
-/// Largest hook input (one line of JSON) read from stdin.
-const MAX_INPUT: usize = 16 * 1024 * 1024;
+/// Largest hook input (one line of JSON) read from stdin: the orchestrator's
+/// own limit, so that a larger one is refused here with a clear reason (the
+/// orchestrator answers 413 as soon as it sees the length and closes).
+const MAX_INPUT: usize = proxy_runner_domain::container_hooks::limits::INPUT_BYTES;
 /// Largest JSON answer (prepare, clean-up, errors) read from the orchestrator.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 /// Largest line of a step's output stream (a base64 chunk).

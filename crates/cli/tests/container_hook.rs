@@ -587,10 +587,10 @@ async fn malformed_input_is_refused_before_any_call() {
     ] {
         run_raw(input).await.assert_one_error(about);
     }
-    // One line of more than 16 MiB.
+    // One line over the limit (the orchestrator's own, 4 MiB).
     let mut huge = b"{\"command\": \"prepare_job\", \"x\": \"".to_vec();
     huge.resize(17 * 1024 * 1024, b'a');
-    run_raw(huge).await.assert_one_error("larger than 16 MiB");
+    run_raw(huge).await.assert_one_error("larger than 4 MiB");
     // A JSON error never quotes the input (it may hold a password).
     let leaky = format!("{{\"command\": \"prepare_job\", \"password\": \"{PASSWORD}\" oops}}\n");
     let line = run_raw(leaky.into_bytes())

@@ -30,6 +30,22 @@ async fn hook(rig: &Rig, token: &str, path: &str, body: Value) -> (u16, Value, S
     )
 }
 
+/// A prepare call that declares a body of `length` bytes and sends none;
+/// returns the raw answer.
+async fn declared_oversize(rig: &Rig, token: &str, length: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(rig.server.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/hooks/prepare-job HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Delegates a job for `runner` (as its job-started hook does).
 async fn delegate(rig: &Rig, token: &str, runner: &str, job: &str) -> String {
     let r: Value = rig
@@ -296,17 +312,31 @@ async fn bad_hook_input_gets_a_4xx_naming_it() {
     let (status, _, text) = hook(&rig, &token, "run-script-step", step).await;
     assert_eq!(status, 404, "a step for a cleaned-up job: {text}");
 
-    // An environment over the body limit.
-    let mut big = prepare_args(&rig, &job_image, "", json!([]));
-    big["container"]["environmentVariables"]["HUGE"] = json!("x".repeat(5 * 1024 * 1024));
-    let (status, _, text) = hook(
-        &rig,
-        &token,
-        "prepare-job",
-        json!({"runnerName": "runner-b", "args": big}),
-    )
-    .await;
-    assert_eq!(status, 413, "{text}");
+    // An environment over the body limit: refused from its declared length,
+    // before a byte of it is read.
+    let answer = declared_oversize(&rig, &token, 5 * 1024 * 1024).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+    // The hook client refuses such an input itself, saying why.
+    let huge = json!({"command": "prepare_job", "responseFile": "/tmp/x", "state": null,
+        "args": {"container": {"image": job_image, "environmentVariables": {"HUGE": "x".repeat(5 * 1024 * 1024)}}}});
+    let mut child = Command::new(binary())
+        .args(["hook", "container"])
+        .env("ORCHESTRATOR_URL", &rig.server.url)
+        .env("PROXY_RUNNER_TOKEN", &token)
+        .env("RUNNER_NAME", "runner-b")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = writeln!(stdin, "{huge}");
+    }
+    let out = child.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(printed.contains("larger than 4 MiB"), "{printed}");
     assert!(containers_of(&rig.instance).await.is_empty());
     rig.emulator.shutdown().await;
 }
