@@ -65,6 +65,38 @@ const DEFAULT_STEPS: &[&str] = &[
     "touch /should-fail 2>/dev/null && echo 'root filesystem is WRITABLE' && exit 1 || echo 'root filesystem is read-only'",
 ];
 
+/// The engine for `instance` and the local image built from this binary
+/// (nothing is pulled): the backend, the binary's path and the image tag.
+pub(crate) async fn docker_and_image(
+    instance: &str,
+    what: &str,
+    say: &dyn Fn(String),
+) -> anyhow::Result<(DockerBackend, PathBuf, String)> {
+    let docker = DockerBackend::connect(DockerOptions {
+        instance: Some(instance.to_string()),
+        ..DockerOptions::default()
+    })
+    .await
+    .context("cannot set up Docker")?;
+    docker
+        .ping()
+        .await
+        .context("Docker is not reachable; the demo needs a Docker Engine")?;
+    let binary: PathBuf = std::env::current_exe().context("cannot find this executable")?;
+    let image = runner_image_tag(&binary)?;
+    if ensure_runner_image(
+        &docker,
+        &RunnerImageOptions::new(image.clone(), binary.clone()),
+    )
+    .await?
+    {
+        say(format!("built {what} image {image} from this binary"));
+    } else {
+        say(format!("{what} image {image} present"));
+    }
+    Ok((docker, binary, image))
+}
+
 pub(crate) fn random_secret(prefix: &str) -> String {
     let mut b = [0u8; 24];
     rand::rng().fill_bytes(&mut b);
@@ -140,28 +172,7 @@ pub async fn rig(
 ) -> anyhow::Result<Rig> {
     // 1. Docker and the runner image (built locally: nothing is pulled).
     let instance = format!("demo-{}", &random_secret("")[..8]);
-    let docker = DockerBackend::connect(DockerOptions {
-        instance: Some(instance.clone()),
-        ..DockerOptions::default()
-    })
-    .await
-    .context("cannot set up Docker")?;
-    docker
-        .ping()
-        .await
-        .context("Docker is not reachable; the demo needs a Docker Engine")?;
-    let binary: PathBuf = std::env::current_exe().context("cannot find this executable")?;
-    let image = runner_image_tag(&binary)?;
-    if ensure_runner_image(
-        &docker,
-        &RunnerImageOptions::new(image.clone(), binary.clone()),
-    )
-    .await?
-    {
-        say(format!("built runner image {image} from this binary"));
-    } else {
-        say(format!("runner image {image} present"));
-    }
+    let (docker, _, image) = docker_and_image(&instance, "runner", say).await?;
 
     // 2. The GitHub emulator, reachable from job containers.
     let host_ip = match host_ip_arg {

@@ -8,13 +8,13 @@
 //! network, work folder or registered runner.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use proxy_runner_docker::{DockerBackend, DockerOptions, RunnerImageOptions, ensure_runner_image};
+use proxy_runner_docker::DockerBackend;
 use proxy_runner_domain::Job;
 use proxy_runner_domain::job_containers::JobContainers;
 use proxy_runner_domain::ports::{ContainerBackend, JobFilter, JobStore};
@@ -25,7 +25,7 @@ use proxy_runner_orchestrator::config::{
 };
 use serde_json::{Value, json};
 
-use crate::demo::{DemoArgs, emulator_job, our_networks, random_secret, runner_image_tag};
+use crate::demo::{DemoArgs, emulator_job, our_networks, random_secret};
 
 const ORG: &str = "demo-org";
 const LABELS: [&str; 2] = ["self-hosted", "proxy"];
@@ -73,28 +73,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     // 1. Docker and the job image (built locally: nothing is pulled).
     let instance = format!("demo-proxy-{}", &random_secret("")[..8]);
-    let docker = DockerBackend::connect(DockerOptions {
-        instance: Some(instance.clone()),
-        ..DockerOptions::default()
-    })
-    .await
-    .context("cannot set up Docker")?;
-    docker
-        .ping()
-        .await
-        .context("Docker is not reachable; the demo needs a Docker Engine")?;
-    let binary: PathBuf = std::env::current_exe().context("cannot find this executable")?;
-    let image = runner_image_tag(&binary)?;
-    if ensure_runner_image(
-        &docker,
-        &RunnerImageOptions::new(image.clone(), binary.clone()),
-    )
-    .await?
-    {
-        say(format!("built job image {image} from this binary"));
-    } else {
-        say(format!("job image {image} present"));
-    }
+    let (docker, binary, image) = crate::demo::docker_and_image(&instance, "job", &say).await?;
 
     // 2. The GitHub emulator (only the proxy runners talk to it: loopback).
     let pat = random_secret("ghp_demo");

@@ -13,41 +13,16 @@
 mod common;
 mod supervisor;
 
-use std::path::Path;
 use std::time::Duration;
 
-use proxy_runner_docker::{DockerBackend, DockerOptions, RunnerImageOptions, ensure_runner_image};
-use proxy_runner_domain::ports::ContainerBackend;
+use common::proxy::docker;
+use proxy_runner_docker::{DockerBackend, RunnerImageOptions, ensure_runner_image};
 use proxy_runner_test_support::eventually;
 use serde_json::json;
 use sha2::Digest;
 use supervisor::*;
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-/// The engine, or a skip outside CI (in CI a missing engine fails).
-async fn docker() -> Option<DockerBackend> {
-    let docker = DockerBackend::connect(DockerOptions::default())
-        .await
-        .unwrap();
-    match docker.ping().await {
-        Ok(()) => {}
-        Err(e) if std::env::var_os("CI").is_some() => panic!("docker is required in CI: {e}"),
-        Err(e) => {
-            eprintln!("skipping: docker is not reachable ({e})");
-            return None;
-        }
-    }
-    if !Path::new(proxy_runner_docker::image::DEFAULT_BUSYBOX).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "busybox-static is required in CI"
-        );
-        eprintln!("skipping: busybox-static is not installed");
-        return None;
-    }
-    Some(docker)
-}
 
 /// The local job image, built from this binary when missing.
 async fn job_image(docker: &DockerBackend) -> String {
