@@ -116,6 +116,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         admin_token: Secret::new(admin.clone()),
         instance: instance.clone(),
         http: defaults.http.clone(),
+        shutdown_grace_secs: defaults.shutdown_grace_secs,
         github: GitHubSection {
             api_url: emulator_url.clone(),
             web_url: emulator_url.clone(),

@@ -13,6 +13,7 @@ use proxy_runner_domain::ports::{
     ContainerBackend, JobStore, QueuedJobFeed, RunnerRegistry, WorkflowJobInfo,
 };
 use proxy_runner_github::{Auth, GitHubClient, GitHubConfig, Poller, load_private_key};
+use proxy_runner_orchestrator::autoscaler::Autoscaler;
 use proxy_runner_orchestrator::config::{BackendKind, Config};
 use proxy_runner_orchestrator::dry_run::DryRunBackend;
 use proxy_runner_orchestrator::sources::Sources;
@@ -47,15 +48,31 @@ pub struct Running {
     stop: CancellationToken,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     loops: Vec<tokio::task::JoinHandle<()>>,
+    autoscaler: Option<Arc<Autoscaler>>,
+    grace: Duration,
 }
 
 impl Running {
+    /// Stops intake (no new connections, no new scheduling rounds, no
+    /// polling), lets requests and provisioning under way finish within the
+    /// grace, and leaves running jobs and their containers alone: the next
+    /// start adopts them.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
         for l in self.loops {
             let _ = l.await;
         }
-        self.server.await.context("server task panicked")?
+        let served = self.server.await.context("server task panicked")?;
+        if let Some(scaler) = &self.autoscaler {
+            let left = scaler.finish_in_flight(self.grace).await;
+            if left > 0 {
+                tracing::warn!(
+                    left,
+                    "provisioning still under way at the end of the grace; the next start adopts or cleans it"
+                );
+            }
+        }
+        served
     }
 
     /// Runs until SIGTERM/SIGINT, then stops.
@@ -155,8 +172,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, db = %shown(&config.database), backend = ?config.backend, "orchestrator listening");
     let server_stop = stop.clone();
-    let router = system.router;
-    let limits = config.http.limits();
+    let router = system.router.clone();
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let limits = server::ServerLimits {
+        drain: grace,
+        ..config.http.limits()
+    };
     let server = tokio::spawn(async move {
         server::serve(listener, router, limits, server_stop)
             .await
@@ -168,6 +189,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop,
         server,
         loops,
+        autoscaler: system.autoscaler.clone(),
+        grace,
     })
 }
 

@@ -556,3 +556,88 @@ async fn polling_finds_queued_jobs_when_webhooks_cannot_reach_us() {
     drop(server);
     emulator.shutdown().await;
 }
+
+/// SIGTERM stops intake at once, lets the request under way finish (its
+/// write acknowledged and kept), exits 0, and the next start has it.
+#[tokio::test]
+async fn sigterm_stops_intake_finishes_the_request_under_way_and_exits_cleanly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let log = dir.path().join("log");
+    let mut server = start(&db, &log);
+    let (s, body, _) = call(
+        "POST",
+        &format!("{}/api/tokens", server.url),
+        ADMIN,
+        Some(r#"{"runner":"p1"}"#.into()),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let token = body["token"].as_str().unwrap().to_string();
+    let delegation = r#"{"jobId":"build","runId":"78","repository":"o/r","workflow":"CI","runnerName":"p1","labels":"self-hosted","environment":{}}"#;
+    let (first, rest) = delegation.split_at(40);
+
+    // A delegation whose body is still on its way when SIGTERM arrives.
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut under_way = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/jobs/delegate HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        delegation.len()
+    );
+    under_way.write_all(head.as_bytes()).await.unwrap();
+    // Its handler is running once the delegation is counted.
+    let metrics_url = format!("{}/metrics", server.url);
+    proxy_runner_test_support::eventually(
+        "the delegation under way reached its handler",
+        Duration::from_secs(20),
+        || {
+            let url = metrics_url.clone();
+            async move {
+                let (_, _, text) = call("GET", &url, ADMIN, None).await;
+                text.lines()
+                    .any(|l| l.starts_with("proxy_runner_delegations_received_total 1"))
+            }
+        },
+    )
+    .await;
+
+    server.sigterm();
+    // Intake stops: new connections are refused.
+    proxy_runner_test_support::eventually(
+        "new connections are refused after SIGTERM",
+        Duration::from_secs(20),
+        || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(&addr).await.is_err() }
+        },
+    )
+    .await;
+
+    // The request under way still completes and is acknowledged.
+    under_way.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    under_way.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 201"),
+        "the delegation under way is served: {answer}"
+    );
+    let status = server.wait();
+    assert!(status.success(), "a SIGTERM stop exits 0: {status:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("orchestrator stopped"), "{logged}");
+
+    // The next start has the acknowledged job.
+    let server = start(&db, &log);
+    let (s, body, _) = call(
+        "GET",
+        &format!("{}/api/jobs?repository=o/r", server.url),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{body}");
+    assert_eq!(jobs[0]["runId"], 78);
+}

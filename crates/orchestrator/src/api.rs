@@ -38,13 +38,21 @@ pub struct AppState {
     pub started: Instant,
 }
 
-/// A request body read with the route's size limit; over-limit bodies get a
-/// JSON 413 instead of axum's plain-text answer.
-pub struct Body(pub Bytes);
+/// A request body, read only when the handler asks for it: handlers
+/// authenticate first, so the body of a caller without credentials is never
+/// read. Over-limit bodies get a JSON 413 instead of axum's plain-text answer.
+pub struct Body(Request);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    type Rejection = std::convert::Infallible;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Body(req))
+    }
+}
+
+impl Body {
+    /// Reads the whole body within the route's limit; JSON media type only.
+    pub async fn read(self) -> Result<Bytes, ApiError> {
         let unsupported = |message: String| {
             ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -52,6 +60,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 message,
             )
         };
+        let req = self.0;
         let declared = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -63,7 +72,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 "Content-Type {ct:?} is not JSON; send application/json"
             )));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let bytes = Bytes::from_request(req, &()).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -79,7 +88,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 "Content-Type is missing; send the body as application/json".into(),
             ));
         }
-        Ok(Body(bytes))
+        Ok(bytes)
     }
 }
 
@@ -146,17 +155,13 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn delegate(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Body, ApiError>,
-) -> Response {
+async fn delegate(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     metrics::counter!(m::DELEGATIONS_RECEIVED).increment(1);
     let result = async {
         // Authenticate first: an anonymous caller learns nothing about the body.
         let who = state.orchestrator.authenticate(bearer(&headers)?).await?;
-        let Body(body) = body?;
+        let body = body.read().await?;
         let delegation = parse_delegation(&body)?;
         Ok::<_, ApiError>(state.orchestrator.delegate(&who, delegation).await?)
     }
@@ -185,7 +190,7 @@ async fn complete(
     Caller(who): Caller,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    Body(body): Body,
+    body: Body,
 ) -> ApiResult<Response> {
     let Path(id) = id.map_err(bad_path)?;
     let Query(query) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
@@ -194,7 +199,7 @@ async fn complete(
             "unknown query parameter {unknown:?}"
         )));
     }
-    let completion = parse_completion(&body)?;
+    let completion = parse_completion(&body.read().await?)?;
     let job = state
         .orchestrator
         .resolve_for_completion(&who, &id, query.get("runner").map(String::as_str))
@@ -266,10 +271,10 @@ async fn get_job(
 async fn create_token(
     State(state): State<AppState>,
     Caller(who): Caller,
-    Body(body): Body,
+    body: Body,
 ) -> ApiResult<Response> {
     who.require_admin()?;
-    let runner = parse_token_request(&body)?;
+    let runner = parse_token_request(&body.read().await?)?;
     let issued = state.orchestrator.issue_token(&who, &runner).await?;
     let body = json!({
         "id": issued.record.id,

@@ -12,6 +12,7 @@ use proxy_runner_domain::job_containers::JobContainers;
 use proxy_runner_domain::labels::{LabelError, LabelSet};
 use proxy_runner_domain::ports::{ContainerBackend, JobStore, QueuedJobFeed, RunnerRegistry};
 use proxy_runner_domain::schedule::Caps;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -113,7 +114,9 @@ impl System {
                 autoscaler: autoscaler.clone(),
                 store: ports.store,
                 clock: ports.sources.clock,
+                body_limit: config.http.webhook_body_limit_bytes,
             },
+            config.http.body_limits(),
         );
         System {
             router,
@@ -182,7 +185,9 @@ pub fn app(
     hooks: HookApiState,
     runners: RunnersApiState,
     webhooks: WebhookState,
+    limits: BodyLimits,
 ) -> Router {
+    let large_bodies = Arc::new(Semaphore::new(limits.max_large_bodies.max(1)));
     api::routes(state)
         .merge(hook_api::routes(hooks))
         .merge(runners_api::routes(runners))
@@ -192,38 +197,79 @@ pub fn app(
         .layer(axum::middleware::from_fn(
             crate::runner_health::count_hook_calls,
         ))
-        .layer(axum::middleware::from_fn(refuse_declared_oversize))
+        .layer(axum::middleware::from_fn_with_state(
+            (large_bodies, limits.large_body_wait),
+            limit_large_bodies,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            refuse_declared_oversize,
+        ))
         // A body that stops coming is not waited for.
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            BODY_READ_TIMEOUT,
+            limits.read_timeout,
         ))
         .layer(axum::middleware::from_fn(count_requests))
 }
 
-/// How long reading a request body may stall.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// What bounds the request bodies the server holds (`[http]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Largest webhook delivery.
+    pub webhook: usize,
+    /// How long reading a body may stall.
+    pub read_timeout: Duration,
+    /// Bodies over `LARGE_BODY` (or of undeclared length) read at once.
+    pub max_large_bodies: usize,
+    /// How long a large body waits for its turn before a 503.
+    pub large_body_wait: Duration,
+}
 
-/// The largest body a route accepts.
-fn body_limit(path: &str) -> usize {
-    if path.starts_with("/webhooks/") {
-        webhook::WEBHOOK_BODY_LIMIT
-    } else if path.starts_with("/api/hooks/") {
-        proxy_runner_domain::container_hooks::limits::INPUT_BYTES
-    } else {
-        api::API_BODY_LIMIT
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            webhook: webhook::WEBHOOK_BODY_LIMIT,
+            read_timeout: Duration::from_secs(30),
+            max_large_bodies: 8,
+            large_body_wait: Duration::from_secs(10),
+        }
     }
+}
+
+impl BodyLimits {
+    /// The largest body a route accepts.
+    fn of(&self, path: &str) -> usize {
+        if path.starts_with("/webhooks/") {
+            self.webhook
+        } else if path.starts_with("/api/hooks/") {
+            proxy_runner_domain::container_hooks::limits::INPUT_BYTES
+        } else {
+            api::API_BODY_LIMIT
+        }
+    }
+}
+
+/// A body up to this size is small: every open connection may send one.
+/// Larger ones (a container hook's input, a big webhook) take a permit, so
+/// the memory held in bodies stays bounded whatever the clients do.
+pub const LARGE_BODY: u64 = 64 * 1024;
+
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// A `Content-Length` over the route's limit is answered at once, before
 /// authentication and without reading a byte of the body.
-async fn refuse_declared_oversize(req: Request, next: axum::middleware::Next) -> Response {
-    let limit = body_limit(req.uri().path());
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+async fn refuse_declared_oversize(
+    axum::extract::State(limits): axum::extract::State<BodyLimits>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = limits.of(req.uri().path());
+    if declared_length(&req).is_some_and(|n| n > limit as u64) {
         return crate::error::ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
@@ -231,6 +277,41 @@ async fn refuse_declared_oversize(req: Request, next: axum::middleware::Next) ->
         )
         .into_response();
     }
+    next.run(req).await
+}
+
+/// Holds a permit while a large body (declared over `LARGE_BODY`, or sent
+/// without a length) is read and handled; a request that finds none within
+/// the wait gets 503 with `Retry-After`.
+async fn limit_large_bodies(
+    axum::extract::State((permits, wait)): axum::extract::State<(Arc<Semaphore>, Duration)>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let chunked = req
+        .headers()
+        .contains_key(axum::http::header::TRANSFER_ENCODING);
+    let large = match declared_length(&req) {
+        Some(n) => n > LARGE_BODY,
+        None => chunked,
+    };
+    if !large {
+        return next.run(req).await;
+    }
+    let Ok(Ok(_permit)) = tokio::time::timeout(wait, permits.acquire_owned()).await else {
+        metrics::counter!(m::LARGE_BODIES_REFUSED).increment(1);
+        let mut resp = crate::error::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many large request bodies at once; retry shortly",
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return resp;
+    };
     next.run(req).await
 }
 

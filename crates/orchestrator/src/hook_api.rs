@@ -78,7 +78,7 @@ impl From<ProxyError> for ApiError {
 async fn read(
     state: &HookApiState,
     headers: &HeaderMap,
-    body: Result<Body, ApiError>,
+    body: Body,
     args_required: bool,
 ) -> ApiResult<(Arc<ProxyJobs>, Principal, HookRequest)> {
     let who = state
@@ -89,7 +89,7 @@ async fn read(
     let proxy = state.proxy.clone().ok_or_else(|| {
         ApiError::unavailable("the proxy path is off: configure a [proxy] section")
     })?;
-    let Body(body) = body?;
+    let body = body.read().await?;
     let mut obj = json_object(&body)?;
     let runner_name = match obj.remove("runnerName") {
         Some(Value::String(s))
@@ -126,7 +126,7 @@ async fn read(
 async fn prepare_job(
     State(state): State<HookApiState>,
     headers: HeaderMap,
-    body: Result<Body, ApiError>,
+    body: Body,
 ) -> ApiResult<Response> {
     let (proxy, who, request) = read(&state, &headers, body, true).await?;
     let prepared = proxy.prepare(&who, request).await?;
@@ -141,7 +141,7 @@ async fn prepare_job(
 async fn cleanup_job(
     State(state): State<HookApiState>,
     headers: HeaderMap,
-    body: Result<Body, ApiError>,
+    body: Body,
 ) -> ApiResult<Response> {
     let (proxy, who, request) = read(&state, &headers, body, false).await?;
     let (job_id, removed) = proxy.cleanup(&who, request).await?;
@@ -151,7 +151,7 @@ async fn cleanup_job(
 async fn run_script_step(
     State(state): State<HookApiState>,
     headers: HeaderMap,
-    body: Result<Body, ApiError>,
+    body: Body,
 ) -> ApiResult<Response> {
     let (proxy, who, request) = read(&state, &headers, body, true).await?;
     Ok(streamed(proxy.run_script_step(&who, request).await?))
@@ -160,7 +160,7 @@ async fn run_script_step(
 async fn run_container_step(
     State(state): State<HookApiState>,
     headers: HeaderMap,
-    body: Result<Body, ApiError>,
+    body: Body,
 ) -> ApiResult<Response> {
     let (proxy, who, request) = read(&state, &headers, body, true).await?;
     Ok(streamed(proxy.run_container_step(&who, request).await?))

@@ -17,6 +17,7 @@ pub const PROVISION_DURATION: &str = "proxy_runner_provision_duration_seconds";
 pub const QUEUE_TO_START: &str = "proxy_runner_queue_to_start_seconds";
 pub const LIVE_CONTAINERS: &str = "proxy_runner_live_containers";
 pub const BACKEND_UP: &str = "proxy_runner_backend_up";
+pub const LARGE_BODIES_REFUSED: &str = "proxy_runner_http_large_bodies_refused_total";
 // Proxy runners (supervisors' heartbeats, registrations, hook calls).
 pub const PROXY_UPTIME: &str = "proxy_runner_proxy_uptime_seconds";
 pub const PROXY_SLOTS: &str = "proxy_runner_proxy_slots";
@@ -91,6 +92,10 @@ pub fn describe() {
     describe_gauge!(
         BACKEND_UP,
         "1 when the container engine answered the last ping."
+    );
+    describe_counter!(
+        LARGE_BODIES_REFUSED,
+        "Requests answered 503 because too many large bodies were being read at once."
     );
     describe_gauge!(
         PROXY_UPTIME,

@@ -236,7 +236,7 @@ fn scope_of(
 async fn read_registration(
     state: &RunnersApiState,
     headers: &HeaderMap,
-    body: Result<Body, ApiError>,
+    body: Body,
     config_sh: bool,
 ) -> ApiResult<(Principal, Arc<dyn RunnerRegistry>, Registration)> {
     let who = state
@@ -244,7 +244,7 @@ async fn read_registration(
         .orchestrator
         .authenticate(bearer(headers)?)
         .await?;
-    let Body(body) = body?;
+    let body = body.read().await?;
     let obj = json_object(&body)?;
     let parsed: RegistrationBody =
         serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
@@ -329,7 +329,7 @@ fn counted(kind: &'static str, result: &ApiResult<Response>) {
 async fn jitconfig(
     State(state): State<RunnersApiState>,
     headers: HeaderMap,
-    body: Result<Body, ApiError>,
+    body: Body,
 ) -> ApiResult<Response> {
     let result = mint_jitconfig(&state, &headers, body).await;
     counted("jit", &result);
@@ -339,7 +339,7 @@ async fn jitconfig(
 async fn mint_jitconfig(
     state: &RunnersApiState,
     headers: &HeaderMap,
-    body: Result<Body, ApiError>,
+    body: Body,
 ) -> ApiResult<Response> {
     let (who, registry, reg) = read_registration(state, headers, body, false).await?;
     let request = JitRequest {
@@ -384,7 +384,7 @@ async fn mint_jitconfig(
 async fn registration_token(
     State(state): State<RunnersApiState>,
     headers: HeaderMap,
-    body: Result<Body, ApiError>,
+    body: Body,
 ) -> ApiResult<Response> {
     let result = async {
         let (who, registry, reg) = read_registration(&state, &headers, body, true).await?;
@@ -493,7 +493,7 @@ async fn delete_runner(
 async fn heartbeat(
     State(state): State<RunnersApiState>,
     headers: HeaderMap,
-    body: Result<Body, ApiError>,
+    body: Body,
 ) -> ApiResult<Response> {
     let who = state
         .app
@@ -505,7 +505,7 @@ async fn heartbeat(
             "heartbeats come from proxy runner supervisors (a runner token)",
         ));
     };
-    let Body(body) = body?;
+    let body = body.read().await?;
     let obj = json_object(&body)?;
     let beat: Heartbeat = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
         ApiError::new(

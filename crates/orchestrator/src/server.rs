@@ -81,6 +81,8 @@ pub async fn serve(
             drop(permit);
         });
     }
+    // Intake stops now: new connections are refused while the drain runs.
+    drop(listener);
     if tokio::time::timeout(limits.drain, graceful.shutdown())
         .await
         .is_err()

@@ -1,20 +1,22 @@
-//! `POST /webhooks/github`: GitHub's `workflow_job` deliveries. The signature
-//! is checked over the raw body before anything is parsed; the answer comes
-//! as soon as the event is recorded (provisioning happens in the background).
+//! `POST /webhooks/github`: GitHub's `workflow_job` deliveries. A delivery
+//! without a well-formed signature header is refused before its body is
+//! read; the signature is computed over the body as it streams in, and only
+//! a `workflow_job` body is kept, within the limit, to be parsed once the
+//! signature holds. The answer comes as soon as the event is recorded
+//! (provisioning happens in the background).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use proxy_runner_domain::JobSource;
 use proxy_runner_domain::ports::{Clock, JobStore};
 use proxy_runner_webhooks::{
-    DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, WORKFLOW_JOB_EVENT, WorkflowJobAction,
-    parse_workflow_job_event, verify_signature,
+    DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, SignatureCheck, WORKFLOW_JOB_EVENT,
+    WorkflowJobAction, parse_workflow_job_event,
 };
 use secrecy::SecretString;
 use serde_json::json;
@@ -23,8 +25,12 @@ use crate::autoscaler::{Autoscaler, Ingested, JobAction};
 use crate::error::ApiError;
 use crate::metrics as m;
 
-/// GitHub caps webhook payloads at 25 MiB.
-pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+/// The default limit of a delivery's body. GitHub caps payloads at 25 MiB,
+/// but a `workflow_job` payload is a few KiB: a lower limit keeps what an
+/// unauthenticated sender can make us hold small (`[http]`).
+pub const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
+/// The most `[http] webhook_body_limit_bytes` may be: GitHub's own cap.
+pub const WEBHOOK_BODY_LIMIT_MAX: usize = 25 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct WebhookState {
@@ -32,12 +38,13 @@ pub struct WebhookState {
     pub autoscaler: Option<Arc<Autoscaler>>,
     pub store: Arc<dyn JobStore>,
     pub clock: Arc<dyn Clock>,
+    /// Largest body accepted.
+    pub body_limit: usize,
 }
 
 pub fn routes(state: WebhookState) -> axum::Router {
     axum::Router::new()
         .route("/webhooks/github", post(receive))
-        .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .with_state(state)
 }
 
@@ -50,30 +57,23 @@ fn counted(event: &str, action: &str, outcome: &'static str) {
         .increment(1);
 }
 
-async fn receive(
-    State(state): State<WebhookState>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("webhook body is larger than {WEBHOOK_BODY_LIMIT} bytes"),
-            )
-        } else {
-            ApiError::bad_json(format!("cannot read webhook body: {r}"))
-        }
-    })?;
+async fn receive(State(state): State<WebhookState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     let secret = state.secret.as_ref().ok_or_else(|| {
         ApiError::unavailable("webhooks are not configured: set PROXY_RUNNER_WEBHOOK_SECRET")
     })?;
-    if let Err(e) = verify_signature(secret, &body, header(&headers, SIGNATURE_HEADER)) {
+    let refused = |e: proxy_runner_webhooks::SignatureError| {
         counted("unknown", "", "bad_signature");
         tracing::warn!(error = %e, "webhook refused");
-        return Err(ApiError::unauthorized(e.to_string()));
-    }
+        ApiError::unauthorized(e.to_string())
+    };
+    let mut check =
+        SignatureCheck::begin(secret, header(&headers, SIGNATURE_HEADER)).map_err(refused)?;
+    // Only a body we will parse is kept; others are hashed and let go.
+    let keep = header(&headers, EVENT_HEADER) == Some(WORKFLOW_JOB_EVENT);
+    let body = read_signed(body, &mut check, keep, state.body_limit).await?;
+    check.finish().map_err(refused)?;
     let event = required_header(&headers, EVENT_HEADER, "X-GitHub-Event")?;
     let delivery = required_header(&headers, DELIVERY_HEADER, "X-GitHub-Delivery")?;
     if event == "ping" {
@@ -129,6 +129,40 @@ async fn receive(
             ))
         }
     }
+}
+
+/// Streams the body through the signature check, within `limit`, keeping it
+/// only when `keep`.
+async fn read_signed(
+    body: axum::body::Body,
+    check: &mut SignatureCheck,
+    keep: bool,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("webhook body is larger than {limit} bytes"),
+        )
+    };
+    let mut chunks = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = chunks.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_json(format!("cannot read webhook body: {e}")))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit {
+            return Err(too_large());
+        }
+        check.update(&chunk);
+        if keep {
+            kept.extend_from_slice(&chunk);
+        }
+    }
+    Ok(kept)
 }
 
 fn required_header(headers: &HeaderMap, name: &str, shown: &str) -> Result<String, ApiError> {

@@ -1132,3 +1132,57 @@ async fn the_reconciler_removes_networks_left_empty_but_not_one_in_use() {
         "the network in use stays"
     );
 }
+
+/// A stop (SIGTERM) lets a provisioning under way finish: its container is
+/// recorded on the job before the stop returns, so nothing is left started
+/// but unknown.
+#[tokio::test]
+async fn a_stop_waits_for_the_start_under_way_and_records_its_container() {
+    let r = rig(AutoscaleConfig::default()).await;
+    let hold = r.registry.jit_gate.write().await;
+    let id = queue(&r, &info(31, "o/r", &["self-hosted"]), JobSource::Webhook).await;
+    r.scaler.tick().await.unwrap();
+    proxy_runner_test_support::eventually(
+        "the JIT call is under way",
+        Duration::from_secs(10),
+        || {
+            let calls = r.registry.calls();
+            async move { calls.iter().any(|c| matches!(c, RegistryCall::Jit { .. })) }
+        },
+    )
+    .await;
+    let (scaler, store) = (r.scaler.clone(), r.store.clone());
+    let stopping = tokio::spawn(async move {
+        let left = scaler.finish_in_flight(Duration::from_secs(60)).await;
+        (left, store.get_job(id).await.unwrap().unwrap())
+    });
+    // A stop that did not wait would return now, while the start is held.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the stop waits for the start under way"
+    );
+    drop(hold);
+    let (left, job) = stopping.await.unwrap();
+    assert_eq!(left, 0);
+    assert!(
+        job.container_id.is_some(),
+        "the started container is recorded before the stop returns: {job:?}"
+    );
+    assert_eq!(r.backend.live().len(), 1, "and it is left running");
+}
+
+/// Past the grace, a stop returns and says how much is still under way.
+#[tokio::test]
+async fn a_stop_gives_up_waiting_after_the_grace_and_counts_what_is_left() {
+    let r = rig(AutoscaleConfig::default()).await;
+    let hold = r.registry.jit_gate.write().await;
+    queue(&r, &info(32, "o/r", &["self-hosted"]), JobSource::Webhook).await;
+    r.scaler.tick().await.unwrap();
+    assert_eq!(
+        r.scaler.finish_in_flight(Duration::from_millis(20)).await,
+        1
+    );
+    drop(hold);
+    assert_eq!(r.scaler.finish_in_flight(Duration::from_secs(60)).await, 0);
+}

@@ -35,6 +35,9 @@ pub struct FakeRegistry {
     next_id: Mutex<u64>,
     /// What `get_workflow_job` answers, by GitHub job id (tests set it).
     pub github_jobs: Mutex<std::collections::HashMap<u64, WorkflowJobInfo>>,
+    /// While a test holds it for writing, JIT calls wait after being
+    /// recorded: a provisioning held mid-way.
+    pub jit_gate: tokio::sync::RwLock<()>,
 }
 
 pub const JIT_SECRET_PREFIX: &str = "jit-SECRET-";
@@ -69,6 +72,7 @@ impl RunnerRegistry for FakeRegistry {
             name: request.name.clone(),
             labels: request.labels.clone(),
         });
+        drop(self.jit_gate.read().await);
         if let Some(e) = self.jit_failures.lock().unwrap().pop_front() {
             return Err(e);
         }

@@ -33,6 +33,8 @@ pub struct RigOptions<'a> {
     /// Serve webhooks and autoscale with the recording GitHub double.
     pub github: bool,
     pub autoscale: Option<AutoscaleConfig>,
+    /// `[http]` settings other than the defaults.
+    pub http: Option<proxy_runner_orchestrator::config::HttpSection>,
 }
 
 pub struct Rig {
@@ -70,6 +72,9 @@ impl Rig {
             ..Config::default()
         };
         config.github.webhook_secret = Secret::new(WEBHOOK_SECRET);
+        if let Some(http) = options.http {
+            config.http = http;
+        }
         let ports = Ports {
             store: store.clone() as Arc<dyn JobStore>,
             backend: backend.clone() as Arc<dyn ContainerBackend>,

@@ -38,20 +38,45 @@ pub fn verify_signature(
     body: &[u8],
     header: Option<&str>,
 ) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?.trim();
-    let hex_digest = header
-        .strip_prefix("sha256=")
-        .ok_or(SignatureError::Malformed)?;
-    if hex_digest.len() != 64 {
-        return Err(SignatureError::Malformed);
+    let mut check = SignatureCheck::begin(secret, header)?;
+    check.update(body);
+    check.finish()
+}
+
+/// A signature check fed the body as it arrives, so a receiver refuses a
+/// delivery without a well-formed signature before reading any of it and
+/// never needs the whole body in memory to verify it.
+pub struct SignatureCheck {
+    mac: HmacSha256,
+    expected: Vec<u8>,
+}
+
+impl SignatureCheck {
+    /// Parses the header; fails before a byte of the body is read.
+    pub fn begin(secret: &SecretString, header: Option<&str>) -> Result<Self, SignatureError> {
+        let header = header.ok_or(SignatureError::Missing)?.trim();
+        let hex_digest = header
+            .strip_prefix("sha256=")
+            .ok_or(SignatureError::Malformed)?;
+        if hex_digest.len() != 64 {
+            return Err(SignatureError::Malformed);
+        }
+        let expected = hex::decode(hex_digest).map_err(|_| SignatureError::Malformed)?;
+        let mac = HmacSha256::new_from_slice(secret.expose_secret().as_bytes())
+            .map_err(|_| SignatureError::Mismatch)?;
+        Ok(SignatureCheck { mac, expected })
     }
-    let expected = hex::decode(hex_digest).map_err(|_| SignatureError::Malformed)?;
-    let mut mac = HmacSha256::new_from_slice(secret.expose_secret().as_bytes())
-        .map_err(|_| SignatureError::Mismatch)?;
-    mac.update(body);
-    // verify_slice compares in constant time.
-    mac.verify_slice(&expected)
-        .map_err(|_| SignatureError::Mismatch)
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.mac.update(chunk);
+    }
+
+    /// Compares in constant time.
+    pub fn finish(self) -> Result<(), SignatureError> {
+        self.mac
+            .verify_slice(&self.expected)
+            .map_err(|_| SignatureError::Mismatch)
+    }
 }
 
 /// The `X-Hub-Signature-256` value GitHub would send for `body`.
@@ -261,5 +286,29 @@ mod tests {
         let header = signature_header(&secret, b"body");
         assert!(header.starts_with("sha256=") && header.len() == 71);
         assert_eq!(verify_signature(&secret, b"body", Some(&header)), Ok(()));
+    }
+
+    #[test]
+    fn a_check_fed_in_chunks_equals_the_whole_body_check() {
+        let secret = SecretString::from("s3cret");
+        let body = b"{\"action\":\"queued\",\"workflow_job\":{}}";
+        let header = signature_header(&secret, body);
+        let mut check = SignatureCheck::begin(&secret, Some(&header)).unwrap();
+        for chunk in body.chunks(5) {
+            check.update(chunk);
+        }
+        assert_eq!(check.finish(), Ok(()));
+        let mut wrong = SignatureCheck::begin(&secret, Some(&header)).unwrap();
+        wrong.update(&body[..body.len() - 1]);
+        assert_eq!(wrong.finish(), Err(SignatureError::Mismatch));
+        // Refused before any of the body is seen.
+        assert_eq!(
+            SignatureCheck::begin(&secret, None).err(),
+            Some(SignatureError::Missing)
+        );
+        assert_eq!(
+            SignatureCheck::begin(&secret, Some("sha1=abc")).err(),
+            Some(SignatureError::Malformed)
+        );
     }
 }

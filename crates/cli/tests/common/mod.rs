@@ -14,6 +14,20 @@ pub struct Server {
     pub url: String,
 }
 
+impl Server {
+    /// Sends SIGTERM (the process keeps running until it has stopped).
+    pub fn sigterm(&self) {
+        use rustix::process::{Pid, Signal, kill_process};
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        kill_process(pid, Signal::TERM).unwrap();
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -193,6 +193,21 @@ impl Autoscaler {
         self.wake.notify_one();
     }
 
+    /// On a stop: waits, within `grace`, for the provisioning and exit
+    /// handling under way, so no container is left started but unrecorded.
+    /// Returns how many were still running when the grace ran out (the next
+    /// start's reconciler adopts or cleans what they leave).
+    pub async fn finish_in_flight(&self, grace: Duration) -> usize {
+        let under_way = self.tasks.len();
+        if under_way > 0 {
+            tracing::info!(under_way, "stopping: letting provisioning under way finish");
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        self.tasks.reopen();
+        self.tasks.len()
+    }
+
     /// Waits until no provisioning or exit handling started so far is running.
     pub async fn idle(&self) {
         self.tasks.close();

@@ -104,6 +104,10 @@ pub struct Config {
     pub runners: RunnersSection,
     /// Connection limits of the HTTP server.
     pub http: HttpSection,
+    /// On SIGTERM, how long requests and provisioning under way may take to
+    /// finish (`PROXY_RUNNER_SHUTDOWN_GRACE_SECS`); running jobs are left
+    /// alone whatever it is.
+    pub shutdown_grace_secs: u64,
     /// The proxy path (container hooks); absent: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySection>,
@@ -120,6 +124,7 @@ impl Default for Config {
             github: GitHubSection::default(),
             runners: RunnersSection::default(),
             http: HttpSection::default(),
+            shutdown_grace_secs: 30,
             proxy: None,
         }
     }
@@ -173,14 +178,30 @@ pub struct HttpSection {
     /// Open connections at most (`PROXY_RUNNER_HTTP_MAX_CONNECTIONS`); keep
     /// it below the process's open-file limit.
     pub max_connections: usize,
+    /// A request body that stalls this long is given up
+    /// (`PROXY_RUNNER_HTTP_BODY_TIMEOUT_SECS`).
+    pub body_read_timeout_secs: u64,
+    /// Largest webhook delivery (`PROXY_RUNNER_HTTP_WEBHOOK_BODY_LIMIT_BYTES`);
+    /// at most GitHub's 25 MiB.
+    pub webhook_body_limit_bytes: usize,
+    /// Bodies over 64 KiB read at once (`PROXY_RUNNER_HTTP_MAX_LARGE_BODIES`).
+    pub max_large_bodies: usize,
+    /// How long a large body waits for its turn before a 503 with
+    /// `Retry-After` (`PROXY_RUNNER_HTTP_LARGE_BODY_WAIT_SECS`).
+    pub large_body_wait_secs: u64,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         let limits = crate::server::ServerLimits::default();
+        let bodies = crate::compose::BodyLimits::default();
         HttpSection {
             header_read_timeout_secs: limits.header_read_timeout.as_secs(),
             max_connections: limits.max_connections,
+            body_read_timeout_secs: bodies.read_timeout.as_secs(),
+            webhook_body_limit_bytes: bodies.webhook,
+            max_large_bodies: bodies.max_large_bodies,
+            large_body_wait_secs: bodies.large_body_wait.as_secs(),
         }
     }
 }
@@ -191,6 +212,15 @@ impl HttpSection {
             header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
             max_connections: self.max_connections,
             ..Default::default()
+        }
+    }
+
+    pub fn body_limits(&self) -> crate::compose::BodyLimits {
+        crate::compose::BodyLimits {
+            webhook: self.webhook_body_limit_bytes,
+            read_timeout: std::time::Duration::from_secs(self.body_read_timeout_secs),
+            max_large_bodies: self.max_large_bodies,
+            large_body_wait: std::time::Duration::from_secs(self.large_body_wait_secs),
         }
     }
 }
@@ -420,6 +450,21 @@ impl Config {
         if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_MAX_CONNECTIONS")? {
             self.http.max_connections = v;
         }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_SHUTDOWN_GRACE_SECS")? {
+            self.shutdown_grace_secs = v;
+        }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_BODY_TIMEOUT_SECS")? {
+            self.http.body_read_timeout_secs = v;
+        }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_WEBHOOK_BODY_LIMIT_BYTES")? {
+            self.http.webhook_body_limit_bytes = v;
+        }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_MAX_LARGE_BODIES")? {
+            self.http.max_large_bodies = v;
+        }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_LARGE_BODY_WAIT_SECS")? {
+            self.http.large_body_wait_secs = v;
+        }
         if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_RUNNER_IMAGE")? {
             self.runners.image = v;
         }
@@ -471,6 +516,17 @@ impl Config {
             return bad(
                 "http.header_read_timeout_secs and http.max_connections must be at least 1".into(),
             );
+        }
+        if self.http.body_read_timeout_secs == 0 || self.http.max_large_bodies == 0 {
+            return bad(
+                "http.body_read_timeout_secs and http.max_large_bodies must be at least 1".into(),
+            );
+        }
+        let webhook_max = crate::webhook::WEBHOOK_BODY_LIMIT_MAX;
+        if !(1024..=webhook_max).contains(&self.http.webhook_body_limit_bytes) {
+            return bad(format!(
+                "http.webhook_body_limit_bytes must be between 1024 and {webhook_max} (GitHub's own cap)"
+            ));
         }
         if let Some(proxy) = &self.proxy {
             proxy.validate()?;
