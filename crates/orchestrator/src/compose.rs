@@ -102,6 +102,7 @@ impl System {
             RunnersSettings::from_config(config),
         );
         let router = app(
+            Duration::from_secs(config.http.body_read_deadline_secs),
             state.clone(),
             HookApiState {
                 app: state,
@@ -176,8 +177,10 @@ fn proxy_jobs(config: &Config, ports: &Ports) -> Option<Arc<ProxyJobs>> {
 }
 
 /// The served router: the API and the webhook receiver, one JSON answer for
-/// unknown routes and methods, and every request counted.
+/// unknown routes and methods, and every request counted. A request body
+/// must arrive in full within `body_deadline`.
 pub fn app(
+    body_deadline: Duration,
     state: AppState,
     hooks: HookApiState,
     runners: RunnersApiState,
@@ -193,15 +196,58 @@ pub fn app(
             crate::runner_health::count_hook_calls,
         ))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
-        // A body that stops coming is not waited for.
+        // A body that stops coming is not waited for, nor one that comes
+        // too slowly to ever stop.
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             BODY_READ_TIMEOUT,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            body_deadline,
+            within_body_deadline,
         ))
         .layer(axum::middleware::from_fn(count_requests))
 }
 
 /// How long reading a request body may stall.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long reading a whole request body may take (the default of
+/// `[http] body_read_deadline_secs`).
+pub const BODY_READ_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The body-read deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0} s")]
+struct BodyDeadlinePassed(u64);
+
+/// Cuts a request body off at `deadline` after the request arrived. The stall
+/// limit alone lets a client that sends a byte now and then hold a
+/// connection for as long as it likes.
+async fn within_body_deadline(
+    axum::extract::State(deadline): axum::extract::State<Duration>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use futures::StreamExt;
+    let (parts, body) = req.into_parts();
+    let ends = tokio::time::Instant::now() + deadline;
+    let frames = futures::stream::unfold(Some(body.into_data_stream()), move |frames| async move {
+        let mut frames = frames?;
+        match tokio::time::timeout_at(ends, frames.next()).await {
+            Ok(Some(frame)) => Some((frame, Some(frames))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(axum::Error::new(BodyDeadlinePassed(deadline.as_secs()))),
+                None,
+            )),
+        }
+    });
+    next.run(Request::from_parts(
+        parts,
+        axum::body::Body::from_stream(frames),
+    ))
+    .await
+}
 
 /// The largest body a route accepts.
 fn body_limit(path: &str) -> usize {

@@ -173,6 +173,10 @@ pub struct HttpSection {
     /// Open connections at most (`PROXY_RUNNER_HTTP_MAX_CONNECTIONS`); keep
     /// it below the process's open-file limit.
     pub max_connections: usize,
+    /// A request's body must have arrived in full within this
+    /// (`PROXY_RUNNER_HTTP_BODY_DEADLINE_SECS`): a body trickled in a byte at
+    /// a time never stalls, but may not hold a connection longer.
+    pub body_read_deadline_secs: u64,
 }
 
 impl Default for HttpSection {
@@ -181,6 +185,7 @@ impl Default for HttpSection {
         HttpSection {
             header_read_timeout_secs: limits.header_read_timeout.as_secs(),
             max_connections: limits.max_connections,
+            body_read_deadline_secs: crate::compose::BODY_READ_DEADLINE.as_secs(),
         }
     }
 }
@@ -420,6 +425,9 @@ impl Config {
         if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_MAX_CONNECTIONS")? {
             self.http.max_connections = v;
         }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_BODY_DEADLINE_SECS")? {
+            self.http.body_read_deadline_secs = v;
+        }
         if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_RUNNER_IMAGE")? {
             self.runners.image = v;
         }
@@ -467,9 +475,12 @@ impl Config {
                 ));
             }
         }
-        if self.http.header_read_timeout_secs == 0 || self.http.max_connections == 0 {
+        if self.http.header_read_timeout_secs == 0
+            || self.http.max_connections == 0
+            || self.http.body_read_deadline_secs == 0
+        {
             return bad(
-                "http.header_read_timeout_secs and http.max_connections must be at least 1".into(),
+                "http.header_read_timeout_secs, http.max_connections and http.body_read_deadline_secs must be at least 1".into(),
             );
         }
         if let Some(proxy) = &self.proxy {
