@@ -77,7 +77,7 @@ pub fn serve_with_open_files(
         // async-signal-safe and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
-                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit.clone())
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
                     .map_err(std::io::Error::from)
             });
         }

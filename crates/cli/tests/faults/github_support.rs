@@ -46,7 +46,8 @@ pub struct Rig {
 }
 
 /// The gateway of Docker's default bridge: job containers reach the host
-/// there (`host.docker.internal`).
+/// there (`host.docker.internal`). Docker gives the bridge the first address
+/// of its subnet when the gateway is not listed.
 fn bridge_gateway() -> IpAddr {
     let out = Command::new("docker")
         .args([
@@ -54,13 +55,19 @@ fn bridge_gateway() -> IpAddr {
             "inspect",
             "bridge",
             "--format",
-            "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+            "{{range .IPAM.Config}}{{.Gateway}};{{.Subnet}} {{end}}",
         ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
-        .find_map(|g| g.parse().ok())
+        .find_map(|entry| {
+            let (gateway, subnet) = entry.split_once(';')?;
+            gateway.parse().ok().or_else(|| {
+                let base: std::net::Ipv4Addr = subnet.split_once('/')?.0.parse().ok()?;
+                Some(IpAddr::V4(std::net::Ipv4Addr::from(u32::from(base) + 1)))
+            })
+        })
         .expect("the default bridge has a gateway")
 }
 
