@@ -1,12 +1,13 @@
 //! The server's limits against the real binary, as a client without
 //! credentials would try them: a declared oversized body is refused before a
 //! byte of it is read, an idle or slow connection is closed after the header
-//! deadline, and with every connection slot held the service still answers
-//! valid clients once the idle ones are cut off.
+//! deadline, a body trickled in is cut off at the body deadline, and with
+//! every connection slot held the service still answers valid clients once
+//! the idle ones are cut off.
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -21,51 +22,27 @@ fn server(dir: &tempfile::TempDir, env: &[(&str, &str)]) -> common::Server {
     )
 }
 
-fn address(url: &str) -> String {
-    url.trim_start_matches("http://").to_string()
-}
-
-/// Reads until the server closes the connection, returning what came. The
-/// read limit only bounds a broken run: reaching it fails the test, since
-/// the server never closed the connection.
-fn read_to_close(stream: &mut TcpStream) -> String {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut out = Vec::new();
-    if let Err(e) = stream.read_to_end(&mut out) {
-        assert!(
-            !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-            "the server kept the connection open: {e}"
-        );
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[test]
 fn a_declared_oversized_body_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(&dir, &[]);
-    let mut stream = TcpStream::connect(address(&s.url)).unwrap();
+    let mut stream = TcpStream::connect(s.address()).unwrap();
     // 50 MiB announced, none sent, no credentials.
     write!(
         stream,
         "POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 52428800\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let answer = read_to_close(&mut stream);
+    let answer = common::read_to_close(&mut stream);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("body_too_large"), "{answer}");
-    let mut stream = TcpStream::connect(address(&s.url)).unwrap();
+    let mut stream = TcpStream::connect(s.address()).unwrap();
     write!(
         stream,
         "POST /api/jobs/delegate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let answer = read_to_close(&mut stream);
+    let answer = common::read_to_close(&mut stream);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
 
@@ -74,14 +51,41 @@ fn idle_and_slow_connections_are_closed_after_the_header_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(&dir, &[("PROXY_RUNNER_HTTP_HEADER_TIMEOUT_SECS", "1")]);
     // Connected, nothing sent.
-    let mut idle = TcpStream::connect(address(&s.url)).unwrap();
+    let mut idle = TcpStream::connect(s.address()).unwrap();
     // Half a request line, then silence (slowloris).
-    let mut slow = TcpStream::connect(address(&s.url)).unwrap();
+    let mut slow = TcpStream::connect(s.address()).unwrap();
     slow.write_all(b"GET /healthz HT").unwrap();
     for stream in [&mut idle, &mut slow] {
-        let answer = read_to_close(stream);
+        let answer = common::read_to_close(stream);
         assert!(!answer.contains("200 OK"), "{answer}");
     }
+}
+
+#[test]
+fn a_body_trickled_in_is_cut_off_at_the_body_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(&dir, &[("PROXY_RUNNER_HTTP_BODY_DEADLINE_SECS", "2")]);
+    let mut stream = TcpStream::connect(s.address()).unwrap();
+    write!(
+        stream,
+        "POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    .unwrap();
+    // A byte every 200 ms never stalls; it would take 200 s to finish.
+    let mut writer = stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..1000 {
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let answer = common::read_to_close(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(answer.contains("within 2 s"), "{answer}");
+    drop(stream);
+    trickle.join().unwrap();
 }
 
 #[tokio::test]
@@ -96,7 +100,7 @@ async fn with_every_connection_slot_held_valid_clients_are_still_served() {
     );
     // More idle connections than slots.
     let hogs: Vec<TcpStream> = (0..16)
-        .map(|_| TcpStream::connect(address(&s.url)).unwrap())
+        .map(|_| TcpStream::connect(s.address()).unwrap())
         .collect();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

@@ -213,33 +213,6 @@ async fn planted_secrets_appear_nowhere() {
     }
 }
 
-/// Runs one of the design's hook scripts with bash as the runner would
-/// (`bash -e`), in an environment like the runner's at hook time.
-fn run_design_hook(script: &str, url: &str, token: &str) -> std::process::Output {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/design-hooks")
-        .join(script);
-    Command::new("bash")
-        .arg("-e")
-        .arg(&path)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .env("HOME", "/tmp")
-        .env("GITHUB_JOB", "build")
-        .env("GITHUB_RUN_ID", "123456789")
-        .env("GITHUB_RUN_ATTEMPT", "1")
-        .env("GITHUB_REPOSITORY", "octo-org/octo-repo")
-        .env("GITHUB_WORKFLOW", "CI")
-        .env("GITHUB_ACTIONS", "true")
-        .env("CI", "true")
-        .env("RUNNER_NAME", "proxy-1")
-        .env("RUNNER_LABELS", "self-hosted,linux,proxy")
-        .env("ORCHESTRATOR_URL", url)
-        .env("RUNNER_TOKEN", token)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn the_design_hook_scripts_run_verbatim_against_the_api() {
     for tool in ["bash", "curl", "jq"] {
@@ -263,7 +236,7 @@ async fn the_design_hook_scripts_run_verbatim_against_the_api() {
     .await;
     let token = body["token"].as_str().unwrap().to_string();
 
-    let started = run_design_hook("job-started.sh", &server.url, &token);
+    let started = common::run_design_hook("job-started.sh", &server.url, &token, &[]);
     let stdout = String::from_utf8_lossy(&started.stdout);
     // The design ends with `exit 78`, which a real runner treats as a failed
     // step; the delegation itself went through.
@@ -284,7 +257,7 @@ async fn the_design_hook_scripts_run_verbatim_against_the_api() {
     );
     assert_eq!(job["environment"]["GITHUB_WORKFLOW"], "CI");
 
-    let completed = run_design_hook("job-completed.sh", &server.url, &token);
+    let completed = common::run_design_hook("job-completed.sh", &server.url, &token, &[]);
     assert!(
         completed.status.success(),
         "{}",

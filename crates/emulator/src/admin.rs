@@ -51,6 +51,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             post(set_faults).delete(clear_faults).get(get_faults),
         )
         .route("/deliveries", get(list_deliveries))
+        .route("/requests", get(list_requests))
         .layer(DefaultBodyLimit::max(REST_BODY_LIMIT))
         .with_state(shared)
 }
@@ -456,16 +457,34 @@ fn secs_in(body: &Map<String, Value>, key: &str, field: &str) -> Result<Option<u
     }
 }
 
+/// `errorStatus`: one status from 400 to 599, or a list of them (each
+/// failed call gets one of the list at random).
+fn error_statuses(body: &Map<String, Value>) -> Result<Vec<u16>, ApiError> {
+    let bad =
+        || invalid("errorStatus must be a status from 400 to 599 or a list of 1 to 10 of them");
+    let one = |v: &Value| {
+        v.as_u64()
+            .filter(|s| (400..=599).contains(s))
+            .map(|s| s as u16)
+            .ok_or_else(bad)
+    };
+    match body.get("errorStatus") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) if (1..=10).contains(&items.len()) => {
+            items.iter().map(one).collect()
+        }
+        Some(Value::Array(_)) => Err(bad()),
+        Some(v) => Ok(vec![one(v)?]),
+    }
+}
+
 /// Replaces every fault knob at once; knobs left out are off.
 async fn set_faults(
     State(shared): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
 ) -> AdminResult {
     let body = object_body(body)?;
-    let error_status = match count(&body, "errorStatus", 599)? {
-        Some(s) if s < 400 => return Err(invalid("errorStatus must be from 400 to 599")),
-        other => other.map(|s| s as u16),
-    };
+    let error_statuses = error_statuses(&body)?;
     let error_count = count(&body, "errorCount", u64::MAX)?;
     // A count alone fails that many calls in a row.
     let error_share =
@@ -475,9 +494,16 @@ async fn set_faults(
     let until = |secs: Option<u64>| {
         secs.map(|s| now + chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX)))
     };
+    let secondary_status = match body.get("secondaryRateLimit") {
+        Some(Value::Object(inner)) => match count(inner, "status", 599)? {
+            None => None,
+            Some(s @ (403 | 429)) => Some(s as u16),
+            Some(_) => return Err(invalid("secondaryRateLimit.status must be 403 or 429")),
+        },
+        _ => None,
+    };
     let faults = Faults {
-        error_status,
-        error_share: if error_status.is_some() || error_count.is_some() || error_share > 0.0 {
+        error_share: if !error_statuses.is_empty() || error_count.is_some() || error_share > 0.0 {
             error_share
         } else {
             0.0
@@ -486,6 +512,8 @@ async fn set_faults(
         latency: Duration::from_millis(latency_ms),
         rate_limited_until: until(secs_in(&body, "rateLimit", "resetInSecs")?),
         secondary_until: until(secs_in(&body, "secondaryRateLimit", "retryAfterSecs")?),
+        secondary_status,
+        error_statuses,
         drop_webhook_share: share(&body, "dropWebhookShare")?.unwrap_or(0.0),
     };
     shared.world().faults = faults;
@@ -508,12 +536,16 @@ async fn get_faults(State(shared): State<Arc<Shared>>) -> AdminResult {
     Ok(json_response(
         StatusCode::OK,
         &json!({
-            "errorStatus": f.error_status,
+            "errorStatus": match f.error_statuses.as_slice() {
+                [] => Value::Null,
+                [one] => Value::from(*one),
+                many => Value::from(many.to_vec()),
+            },
             "errorShare": f.error_share,
             "errorCount": f.error_count,
             "latencyMs": f.latency.as_millis() as u64,
             "rateLimit": left(f.rate_limited_until).map(|s| json!({"resetInSecs": s})),
-            "secondaryRateLimit": left(f.secondary_until).map(|s| json!({"retryAfterSecs": s})),
+            "secondaryRateLimit": left(f.secondary_until).map(|s| json!({"retryAfterSecs": s, "status": f.secondary_status.unwrap_or(403)})),
             "dropWebhookShare": f.drop_webhook_share,
         }),
     ))
@@ -527,4 +559,14 @@ async fn list_deliveries(State(shared): State<Arc<Shared>>) -> AdminResult {
         .filter_map(|d| serde_json::to_value(d).ok())
         .collect();
     Ok(json_response(StatusCode::OK, &Value::from(deliveries)))
+}
+
+async fn list_requests(State(shared): State<Arc<Shared>>) -> AdminResult {
+    let requests: Vec<Value> = shared
+        .world()
+        .requests
+        .iter()
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .collect();
+    Ok(json_response(StatusCode::OK, &Value::from(requests)))
 }

@@ -33,7 +33,8 @@ use crate::http_util::{
 use crate::model::{latest_attempts, node_id, same_scope, scope_account};
 use crate::protocol::JitConfigDocument;
 use crate::state::{
-    DeleteError, Faults, JobOpError, RateWindow, RunnerCreateError, RunnerTokenKind, Shared,
+    DeleteError, Faults, JobOpError, RateWindow, RequestRecord, RunnerCreateError, RunnerTokenKind,
+    Shared,
 };
 
 type ApiResult = Result<Response, ApiError>;
@@ -112,8 +113,12 @@ async fn github_layer(State(shared): State<Arc<Shared>>, mut req: Request, next:
         .map(|c| c.0.ip().to_string())
         .unwrap_or_else(|| "in-process".to_string());
     let now = Utc::now();
-    let (caller, verdict, mut rate, latency) = {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let (caller, verdict, mut rate, latency, seq) = {
         let mut world = shared.world();
+        let seq = world.next_request_seq;
+        world.next_request_seq += 1;
         let caller = auth::identify(&shared.settings, &world, req.headers(), now);
         let (bucket, limit) = caller.bucket(&peer);
         let window = world.rate.entry(bucket).or_insert_with(|| RateWindow {
@@ -135,11 +140,12 @@ async fn github_layer(State(shared): State<Arc<Shared>>, mut req: Request, next:
         } else {
             fault_verdict(&mut world.faults, now)
         };
-        (caller, verdict, rate, world.faults.latency)
+        (caller, verdict, rate, world.faults.latency, seq)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let fault = verdict.as_ref().map(Verdict::name);
     let mut response = match verdict {
         Some(Verdict::PrimaryLimit { reset }) => {
             // Nothing left until reset, whether the limit is real or injected.
@@ -148,7 +154,7 @@ async fn github_layer(State(shared): State<Arc<Shared>>, mut req: Request, next:
             rate.reset = reset;
             primary_rate_limit_error().into_response()
         }
-        Some(Verdict::Fail(error)) => error.into_response(),
+        Some(Verdict::Fail(error, _)) => error.into_response(),
         None => {
             req.extensions_mut().insert(caller);
             next.run(req).await
@@ -168,6 +174,21 @@ async fn github_layer(State(shared): State<Arc<Shared>>, mut req: Request, next:
     put("x-github-request-id", request_id);
     put("x-github-media-type", "github.v3; format=json".to_string());
     put("x-github-api-version-selected", "2022-11-28".to_string());
+    let retry_after_secs = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    shared.world().record_request(RequestRecord {
+        seq,
+        received_at: now,
+        answered_at: Utc::now(),
+        method,
+        path,
+        status: response.status().as_u16(),
+        fault,
+        retry_after_secs,
+    });
     response
 }
 
@@ -182,10 +203,19 @@ fn primary_rate_limit_error() -> ApiError {
 /// Why a request is refused before it reaches its handler.
 enum Verdict {
     /// GitHub's primary rate limit: 403 with `x-ratelimit-remaining: 0`.
-    PrimaryLimit {
-        reset: DateTime<Utc>,
-    },
-    Fail(ApiError),
+    PrimaryLimit { reset: DateTime<Utc> },
+    /// A fault knob's error, with the knob's name.
+    Fail(ApiError, &'static str),
+}
+
+impl Verdict {
+    /// The fault knob behind the refusal, as the request log names it.
+    fn name(&self) -> &'static str {
+        match self {
+            Verdict::PrimaryLimit { .. } => "rateLimit",
+            Verdict::Fail(_, knob) => knob,
+        }
+    }
 }
 
 /// Whether a fault knob fails this request. Time-bound knobs lift by
@@ -202,13 +232,18 @@ fn fault_verdict(faults: &mut Faults, now: DateTime<Utc>) -> Option<Verdict> {
             let secs = ((until - now).num_milliseconds().max(0) as u64)
                 .div_ceil(1000)
                 .max(1);
+            let status = faults
+                .secondary_status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::FORBIDDEN);
             return Some(Verdict::Fail(
                 ApiError::new(
-                    StatusCode::FORBIDDEN,
+                    status,
                     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
                 )
                 .with_docs(SECONDARY_RATE_LIMIT_DOCS_URL)
                 .with_header(header::RETRY_AFTER, secs.to_string()),
+                "secondaryRateLimit",
             ));
         }
         faults.secondary_until = None;
@@ -220,8 +255,11 @@ fn fault_verdict(faults: &mut Faults, now: DateTime<Utc>) -> Option<Verdict> {
         if let Some(left) = faults.error_count.as_mut() {
             *left -= 1;
         }
-        let status = faults
-            .error_status
+        let picked = match faults.error_statuses.len() {
+            0 => None,
+            n => faults.error_statuses.get(rand::random_range(0..n)).copied(),
+        };
+        let status = picked
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = match status.as_u16() {
@@ -231,7 +269,7 @@ fn fault_verdict(faults: &mut Faults, now: DateTime<Utc>) -> Option<Verdict> {
                 .and_then(|s| s.canonical_reason())
                 .unwrap_or("Server Error"),
         };
-        return Some(Verdict::Fail(ApiError::new(status, message)));
+        return Some(Verdict::Fail(ApiError::new(status, message), "error"));
     }
     None
 }

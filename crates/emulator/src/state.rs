@@ -33,6 +33,8 @@ pub(crate) const RATE_LIMIT_AUTHENTICATED: u64 = 5000;
 pub(crate) const RATE_LIMIT_ANONYMOUS: u64 = 60;
 /// How many delivery records the admin API keeps.
 const DELIVERY_LOG_LIMIT: usize = 1000;
+/// How many REST request records the admin API keeps.
+const REQUEST_LOG_LIMIT: usize = 20_000;
 /// Largest step output kept per step (and per log section).
 pub(crate) const MAX_STEP_OUTPUT: usize = 1024 * 1024;
 /// Most sections of one job log: every step plus hooks and container set-up.
@@ -185,13 +187,35 @@ pub(crate) struct RateWindow {
 /// Fault knobs of the REST API (see the README).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Faults {
-    pub error_status: Option<u16>,
+    /// Statuses a failed call gets, one picked at random per call (empty: 500).
+    pub error_statuses: Vec<u16>,
     pub error_share: f64,
     pub error_count: Option<u64>,
     pub latency: Duration,
     pub rate_limited_until: Option<DateTime<Utc>>,
     pub secondary_until: Option<DateTime<Utc>>,
+    /// 429, or 403 when unset: GitHub answers secondary limits with either.
+    pub secondary_status: Option<u16>,
     pub drop_webhook_share: f64,
+}
+
+/// One REST request as the emulator saw it (admin API `GET /_emulator/requests`).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RequestRecord {
+    /// Arrival order, from 1.
+    pub seq: u64,
+    pub received_at: DateTime<Utc>,
+    pub answered_at: DateTime<Utc>,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// The fault knob that answered it: `error`, `rateLimit`,
+    /// `secondaryRateLimit`; none when the handler did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 /// What a runner needs to run a job it took.
@@ -267,6 +291,8 @@ pub(crate) struct World {
     pub webhook_target: Option<WebhookTarget>,
     pub webhook_queues: HashMap<u64, UnboundedSender<PendingDelivery>>,
     pub deliveries: VecDeque<DeliveryRecord>,
+    pub requests: VecDeque<RequestRecord>,
+    pub next_request_seq: u64,
 }
 
 impl World {
@@ -297,7 +323,16 @@ impl World {
             webhook_target,
             webhook_queues: HashMap::new(),
             deliveries: VecDeque::new(),
+            requests: VecDeque::new(),
+            next_request_seq: 1,
         }
+    }
+
+    pub fn record_request(&mut self, record: RequestRecord) {
+        if self.requests.len() >= REQUEST_LOG_LIMIT {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(record);
     }
 
     pub fn record_delivery(&mut self, record: DeliveryRecord) {

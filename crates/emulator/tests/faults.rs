@@ -228,6 +228,9 @@ async fn bad_fault_settings_are_refused() {
         json!({"rateLimit": 5}),
         json!({"rateLimit": {}}),
         json!({"secondaryRateLimit": {"retryAfterSecs": "soon"}}),
+        json!({"secondaryRateLimit": {"retryAfterSecs": 5, "status": 500}}),
+        json!({"errorStatus": []}),
+        json!({"errorStatus": [500, 302]}),
         json!({"dropWebhookShare": 2}),
         json!([]),
     ] {
@@ -235,4 +238,84 @@ async fn bad_fault_settings_are_refused() {
         assert_eq!(status, 422, "{bad} -> {body}");
     }
     assert_eq!(h.pat("GET", RUNNERS, None).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_list_of_error_statuses_fails_calls_with_each_of_them() {
+    let h = Harness::start().await;
+    h.admin(
+        "POST",
+        "/faults",
+        Some(json!({"errorStatus": [500, 502], "errorShare": 1.0})),
+    )
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        seen.insert(h.pat("GET", RUNNERS, None).await.status);
+    }
+    // Each of 60 calls picks one of two at random: both appear (odds of
+    // missing one are 2^-59).
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![500, 502]);
+    let (_, faults) = h.admin("GET", "/faults", None).await;
+    assert_eq!(faults["errorStatus"], json!([500, 502]));
+}
+
+#[tokio::test]
+async fn a_secondary_limit_may_answer_429() {
+    let h = Harness::start().await;
+    h.admin(
+        "POST",
+        "/faults",
+        Some(json!({"secondaryRateLimit": {"retryAfterSecs": 30, "status": 429}})),
+    )
+    .await;
+    let r = h.pat("GET", RUNNERS, None).await;
+    assert_eq!(r.status, 429);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((29..=30).contains(&retry), "retry-after {retry}");
+    let (_, faults) = h.admin("GET", "/faults", None).await;
+    assert_eq!(faults["secondaryRateLimit"]["status"], 429);
+}
+
+#[tokio::test]
+async fn the_request_log_shows_every_rest_call_and_the_knob_that_answered_it() {
+    let h = Harness::start().await;
+    assert_eq!(h.pat("GET", RUNNERS, None).await.status, 200);
+    h.admin(
+        "POST",
+        "/faults",
+        Some(json!({"secondaryRateLimit": {"retryAfterSecs": 20}})),
+    )
+    .await;
+    assert_eq!(h.pat("GET", RUNNERS, None).await.status, 403);
+    h.admin(
+        "POST",
+        "/faults",
+        Some(json!({"errorStatus": 502, "errorCount": 1})),
+    )
+    .await;
+    assert_eq!(h.pat("GET", RUNNERS, None).await.status, 502);
+    let (status, log) = h.admin("GET", "/requests", None).await;
+    assert_eq!(status, 200);
+    let log = log.as_array().unwrap();
+    // Admin calls are not REST calls: three entries, in arrival order.
+    assert_eq!(log.len(), 3, "{log:?}");
+    let seqs: Vec<u64> = log.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    for r in log {
+        assert_eq!(r["method"], "GET");
+        assert_eq!(r["path"], RUNNERS);
+        let received: chrono::DateTime<chrono::Utc> =
+            r["receivedAt"].as_str().unwrap().parse().unwrap();
+        let answered: chrono::DateTime<chrono::Utc> =
+            r["answeredAt"].as_str().unwrap().parse().unwrap();
+        assert!(answered >= received);
+    }
+    assert_eq!(log[0]["status"], 200);
+    assert!(log[0].get("fault").is_none());
+    assert_eq!(log[1]["status"], 403);
+    assert_eq!(log[1]["fault"], "secondaryRateLimit");
+    assert!(log[1]["retryAfterSecs"].as_u64().unwrap() >= 19);
+    assert_eq!(log[2]["status"], 502);
+    assert_eq!(log[2]["fault"], "error");
 }

@@ -520,8 +520,25 @@ async fn waits_out_the_primary_rate_limit() {
             ..
         }]
     ));
+    // GitHub named the reset: this client sends nothing before it, even
+    // where the limit lifted early (here: the knob cleared).
     clear_faults(&em).await;
-    client.list_runners(&repo()).await.unwrap();
+    let sent_before = requests_seen(&em).await;
+    let err = client.list_runners(&repo()).await.unwrap_err();
+    assert!(matches!(err, GitHubError::RateLimited { .. }), "{err:?}");
+    assert_eq!(requests_seen(&em).await, sent_before, "a call was sent");
+    pat_client(&em).list_runners(&repo()).await.unwrap();
+}
+
+/// How many REST requests the emulator has seen.
+async fn requests_seen(em: &RunningEmulator) -> usize {
+    let log: serde_json::Value = reqwest::get(format!("{}/_emulator/requests", em.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    log.as_array().unwrap().len()
 }
 
 #[tokio::test]

@@ -205,9 +205,14 @@ pub fn app(
             limits,
             refuse_declared_oversize,
         ))
-        // A body that stops coming is not waited for.
+        // A body that stops coming is not waited for, nor one that comes
+        // too slowly to ever stop.
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             limits.read_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.read_deadline,
+            within_body_deadline,
         ))
         .layer(axum::middleware::from_fn(count_requests))
 }
@@ -223,6 +228,8 @@ pub struct BodyLimits {
     pub max_large_bodies: usize,
     /// How long a large body waits for its turn before a 503.
     pub large_body_wait: Duration,
+    /// How long reading a whole body may take, however steadily it comes.
+    pub read_deadline: Duration,
 }
 
 impl Default for BodyLimits {
@@ -232,8 +239,44 @@ impl Default for BodyLimits {
             read_timeout: Duration::from_secs(30),
             max_large_bodies: 8,
             large_body_wait: Duration::from_secs(10),
+            read_deadline: Duration::from_secs(60),
+        }
         }
     }
+}
+
+/// The body-read deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0} s")]
+struct BodyDeadlinePassed(u64);
+
+/// Cuts a request body off at `deadline` after the request arrived. The stall
+/// limit alone lets a client that sends a byte now and then hold a
+/// connection for as long as it likes.
+async fn within_body_deadline(
+    axum::extract::State(deadline): axum::extract::State<Duration>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use futures::StreamExt;
+    let (parts, body) = req.into_parts();
+    let ends = tokio::time::Instant::now() + deadline;
+    let frames = futures::stream::unfold(Some(body.into_data_stream()), move |frames| async move {
+        let mut frames = frames?;
+        match tokio::time::timeout_at(ends, frames.next()).await {
+            Ok(Some(frame)) => Some((frame, Some(frames))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(axum::Error::new(BodyDeadlinePassed(deadline.as_secs()))),
+                None,
+            )),
+        }
+    });
+    next.run(Request::from_parts(
+        parts,
+        axum::body::Body::from_stream(frames),
+    ))
+    .await
 }
 
 impl BodyLimits {

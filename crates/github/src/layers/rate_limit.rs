@@ -1,9 +1,11 @@
 //! The rate-limit layer: notes the budget every answer reports
 //! (`x-ratelimit-*`), and turns GitHub's refusals into waits. A primary
 //! limit (403/429 with nothing remaining) waits until the reset; a secondary
-//! limit waits `retry-after`, else a minute, doubled on each repeat. A wait
-//! that would end past the call's deadline is not begun: the call fails with
-//! `RateLimited`.
+//! limit waits `retry-after`, else a minute, doubled on each repeat. GitHub's
+//! limits hold for the whole account, so a refusal pauses every call of the
+//! client, not only the refused one: no call is sent before the time GitHub
+//! named. A wait that would end past the call's deadline is not begun: the
+//! call fails with `RateLimited`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,14 +24,45 @@ use crate::model::ApiErrorBody;
 use crate::rate_limit::{RateLimit, Refusal, classify_refusal};
 use proxy_runner_domain::sync::lock;
 
-/// The budgets GitHub last reported, per resource and overall.
+/// The budgets GitHub last reported, per resource and overall, and the
+/// pause a refusal imposed on every call.
 #[derive(Debug, Default)]
 pub(crate) struct RateLimitBook {
     by_resource: Mutex<HashMap<String, RateLimit>>,
     last: Mutex<Option<RateLimit>>,
+    paused: Mutex<Option<Pause>>,
+}
+
+/// No call is sent before `resume` (tokio time; `until` is the same moment
+/// as wall-clock time, for the error a call past its deadline gets).
+#[derive(Debug, Clone, Copy)]
+struct Pause {
+    resume: Instant,
+    until: chrono::DateTime<Utc>,
 }
 
 impl RateLimitBook {
+    /// Holds every call back until `resume`; a later pause extends it, an
+    /// earlier one never shortens it.
+    fn pause(&self, resume: Instant, until: chrono::DateTime<Utc>) {
+        let mut paused = lock(&self.paused);
+        if paused.is_none_or(|p| p.resume < resume) {
+            *paused = Some(Pause { resume, until });
+        }
+    }
+
+    /// The pause in force, if any.
+    fn pause_in_force(&self) -> Option<Pause> {
+        let mut paused = lock(&self.paused);
+        match *paused {
+            Some(p) if p.resume > Instant::now() => Some(p),
+            _ => {
+                *paused = None;
+                None
+            }
+        }
+    }
+
     pub(crate) fn get(&self, resource: &str) -> Option<RateLimit> {
         lock(&self.by_resource).get(resource).cloned()
     }
@@ -96,6 +129,16 @@ impl<S: CallService> RateLimitService<S> {
     async fn paced(self, call: Call) -> Result<Reply, CallError> {
         let mut secondary_hits = 0u32;
         loop {
+            // Another call's refusal holds this one back too.
+            if let Some(pause) = self.book.pause_in_force() {
+                if pause.resume > call.deadline {
+                    return Err(CallError::Stopped(GitHubError::RateLimited {
+                        until: pause.until,
+                    }));
+                }
+                tokio::time::sleep_until(pause.resume).await;
+                continue;
+            }
             let reply = self.inner.clone().oneshot(call.clone()).await?;
             self.book.observe(&reply.headers);
             if !matches!(
@@ -106,44 +149,41 @@ impl<S: CallService> RateLimitService<S> {
             }
             let message = ApiErrorBody::parse(&reply.body).describe();
             let now = Utc::now();
-            let wait = match classify_refusal(reply.status, &reply.headers, &message, now) {
-                None | Some(Refusal::Forbidden) => return Ok(reply),
-                Some(Refusal::Primary { reset }) => {
-                    // A second more for clock skew between us and GitHub.
-                    let wait =
-                        (reset - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_secs(1);
-                    if Instant::now() + wait > call.deadline {
-                        return Err(CallError::Stopped(GitHubError::RateLimited {
-                            until: reset,
-                        }));
+            let (wait, until, what) =
+                match classify_refusal(reply.status, &reply.headers, &message, now) {
+                    None | Some(Refusal::Forbidden) => return Ok(reply),
+                    Some(Refusal::Primary { reset }) => {
+                        // A second more for clock skew between us and GitHub.
+                        let wait = (reset - now).to_std().unwrap_or(Duration::ZERO)
+                            + Duration::from_secs(1);
+                        (
+                            wait,
+                            reset,
+                            "GitHub rate limit exhausted; waiting for the reset",
+                        )
                     }
-                    tracing::warn!(
-                        endpoint = call.endpoint,
-                        wait_secs = wait.as_secs(),
-                        "GitHub rate limit exhausted; waiting for the reset"
-                    );
-                    wait
-                }
-                Some(Refusal::Secondary { retry_after }) => {
-                    // GitHub: honour retry-after; else wait a minute, then longer.
-                    let doubling = 1u32 << secondary_hits.min(6);
-                    let wait = retry_after
-                        .unwrap_or_else(|| self.secondary_limit_wait.saturating_mul(doubling))
-                        .max(Duration::from_secs(1));
-                    secondary_hits += 1;
-                    if Instant::now() + wait > call.deadline {
+                    Some(Refusal::Secondary { retry_after }) => {
+                        // GitHub: honour retry-after; else wait a minute, then longer.
+                        let doubling = 1u32 << secondary_hits.min(6);
+                        let wait = retry_after
+                            .unwrap_or_else(|| self.secondary_limit_wait.saturating_mul(doubling))
+                            .max(Duration::from_secs(1));
+                        secondary_hits += 1;
                         let until = now + TimeDelta::from_std(wait).unwrap_or(TimeDelta::MAX);
-                        return Err(CallError::Stopped(GitHubError::RateLimited { until }));
+                        (wait, until, "GitHub secondary rate limit; waiting")
                     }
-                    tracing::warn!(
-                        endpoint = call.endpoint,
-                        wait_secs = wait.as_secs(),
-                        "GitHub secondary rate limit; waiting"
-                    );
-                    wait
-                }
-            };
-            tokio::time::sleep(wait).await;
+                };
+            // Every call waits, including those that give up now.
+            let resume = Instant::now() + wait;
+            self.book.pause(resume, until);
+            if resume > call.deadline {
+                return Err(CallError::Stopped(GitHubError::RateLimited { until }));
+            }
+            tracing::warn!(
+                endpoint = call.endpoint,
+                wait_secs = wait.as_secs(),
+                "{what}"
+            );
         }
     }
 }
@@ -213,6 +253,73 @@ mod tests {
         assert_eq!(answer.status, StatusCode::OK);
         assert_waited(started, Duration::from_secs(7));
         assert_eq!(script.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_holds_back_every_call_until_retry_after() {
+        let (_, layer) = layer();
+        let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let log = sent.clone();
+        let script = Script::new(move |_, i| {
+            log.lock().unwrap().push(Instant::now());
+            Ok(if i == 0 {
+                with_header(reply(StatusCode::TOO_MANY_REQUESTS), "retry-after", 7)
+            } else {
+                reply(StatusCode::OK)
+            })
+        });
+        let started = Instant::now();
+        let first = layer
+            .layer(script.service())
+            .oneshot(call_with(Method::GET, Duration::from_secs(30)));
+        let first = tokio::spawn(first);
+        // A second call, begun after the refusal arrived.
+        while script.calls() == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let second = layer
+            .layer(script.service())
+            .oneshot(call_with(Method::GET, Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(second.status, StatusCode::OK);
+        assert_eq!(first.await.unwrap().unwrap().status, StatusCode::OK);
+        let sent = sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 3);
+        for at in &sent[1..] {
+            assert!(
+                *at >= started + Duration::from_secs(7),
+                "a call was sent {:?} after the refusal",
+                *at - started
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_whose_deadline_ends_within_the_pause_is_not_sent() {
+        let (_, layer) = layer();
+        let script = Script::new(|_, i| {
+            Ok(if i == 0 {
+                with_header(secondary(), "retry-after", 20)
+            } else {
+                reply(StatusCode::OK)
+            })
+        });
+        let _ = layer
+            .layer(script.service())
+            .oneshot(call_with(Method::GET, Duration::from_secs(10)))
+            .await;
+        let err = layer
+            .layer(script.service())
+            .oneshot(call_with(Method::GET, Duration::from_secs(10)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CallError::Stopped(GitHubError::RateLimited { .. })),
+            "{err:?}"
+        );
+        assert_eq!(script.calls(), 1);
     }
 
     #[tokio::test(start_paused = true)]

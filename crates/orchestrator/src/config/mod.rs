@@ -189,6 +189,10 @@ pub struct HttpSection {
     /// How long a large body waits for its turn before a 503 with
     /// `Retry-After` (`PROXY_RUNNER_HTTP_LARGE_BODY_WAIT_SECS`).
     pub large_body_wait_secs: u64,
+    /// A request's body must have arrived in full within this
+    /// (`PROXY_RUNNER_HTTP_BODY_DEADLINE_SECS`): a body trickled in a byte at
+    /// a time never stalls, but may not hold a connection longer.
+    pub body_read_deadline_secs: u64,
 }
 
 impl Default for HttpSection {
@@ -202,6 +206,7 @@ impl Default for HttpSection {
             webhook_body_limit_bytes: bodies.webhook,
             max_large_bodies: bodies.max_large_bodies,
             large_body_wait_secs: bodies.large_body_wait.as_secs(),
+            body_read_deadline_secs: bodies.read_deadline.as_secs(),
         }
     }
 }
@@ -221,6 +226,7 @@ impl HttpSection {
             read_timeout: std::time::Duration::from_secs(self.body_read_timeout_secs),
             max_large_bodies: self.max_large_bodies,
             large_body_wait: std::time::Duration::from_secs(self.large_body_wait_secs),
+            read_deadline: std::time::Duration::from_secs(self.body_read_deadline_secs),
         }
     }
 }
@@ -465,6 +471,9 @@ impl Config {
         if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_LARGE_BODY_WAIT_SECS")? {
             self.http.large_body_wait_secs = v;
         }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_HTTP_BODY_DEADLINE_SECS")? {
+            self.http.body_read_deadline_secs = v;
+        }
         if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_RUNNER_IMAGE")? {
             self.runners.image = v;
         }
@@ -512,9 +521,12 @@ impl Config {
                 ));
             }
         }
-        if self.http.header_read_timeout_secs == 0 || self.http.max_connections == 0 {
+        if self.http.header_read_timeout_secs == 0
+            || self.http.max_connections == 0
+            || self.http.body_read_deadline_secs == 0
+        {
             return bad(
-                "http.header_read_timeout_secs and http.max_connections must be at least 1".into(),
+                "http.header_read_timeout_secs, http.max_connections and http.body_read_deadline_secs must be at least 1".into(),
             );
         }
         if self.http.body_read_timeout_secs == 0 || self.http.max_large_bodies == 0 {
