@@ -443,3 +443,99 @@ async fn hostile_clients_never_stop_a_valid_client_and_leave_nothing_stored() {
         peak_kib / 1024,
     );
 }
+
+/// Sixteen unsigned 24 MiB webhooks at once: refused before they are read
+/// (their length is declared) or cut off at the limit (chunked), while a
+/// valid client is served; the server's memory grows by tens of MB at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_unsigned_24_mib_webhooks_are_refused_with_bounded_memory() {
+    const BODY: usize = 24 * 1024 * 1024;
+    const GROWTH_LIMIT_KIB: u64 = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::serve(
+        &dir.path().join("jobs.db"),
+        None,
+        &["--backend", "dry-run"],
+        &[
+            ("PROXY_RUNNER_ADMIN_TOKEN", ADMIN),
+            ("PROXY_RUNNER_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("PROXY_RUNNER_LOG", "warn"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{}/api/tokens", server.url))
+        .bearer_auth(ADMIN)
+        .json(&json!({"runner": "proxy-valid"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let valid = ValidClient::start(
+        server.url.clone(),
+        token["token"].as_str().unwrap().to_string(),
+    );
+    valid.served_during("start-up").await;
+    let baseline = vm_kib(server.pid(), "VmRSS:");
+    let body: Arc<Vec<u8>> = Arc::new(
+        format!(
+            "{{\"mark\": \"{MARK}\", \"pad\": \"{}\"}}",
+            "x".repeat(BODY - 64)
+        )
+        .into_bytes(),
+    );
+    let address = server.address();
+    let mut webhooks = Vec::new();
+    for i in 0..16 {
+        let (address, body) = (address.clone(), body.clone());
+        webhooks.push(tokio::spawn(async move {
+            // Half declare their length; half are chunked, so that only
+            // reading tells how long they are.
+            let (head, payload) = if i % 2 == 0 {
+                (
+                    format!("POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: workflow_job\r\nX-GitHub-Delivery: big-{i}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()),
+                    body.to_vec(),
+                )
+            } else {
+                let mut chunked = Vec::with_capacity(body.len() + 4096);
+                for chunk in body.chunks(64 * 1024) {
+                    chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    chunked.extend_from_slice(chunk);
+                    chunked.extend_from_slice(b"\r\n");
+                }
+                chunked.extend_from_slice(b"0\r\n\r\n");
+                (
+                    format!("POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: workflow_job\r\nX-GitHub-Delivery: big-{i}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"),
+                    chunked,
+                )
+            };
+            raw_request(&address, &head, &payload).await
+        }));
+    }
+    valid.served_during("sixteen 24 MiB webhooks").await;
+    for w in webhooks {
+        let status = w.await.unwrap();
+        // A server that stops reading at its limit may close before the
+        // answer is read; any answer given is a refusal.
+        assert!(
+            status.is_empty()
+                || status.starts_with("HTTP/1.1 413")
+                || status.starts_with("HTTP/1.1 401"),
+            "{status}"
+        );
+    }
+    valid.finish().await;
+    let peak = vm_kib(server.pid(), "VmHWM:");
+    println!(
+        "FIGURES webhook memory: RSS before {} MiB, peak {} MiB, growth {} MiB under 16 concurrent 24 MiB unsigned webhooks",
+        baseline / 1024,
+        peak / 1024,
+        peak.saturating_sub(baseline) / 1024
+    );
+    assert!(
+        peak.saturating_sub(baseline) < GROWTH_LIMIT_KIB,
+        "RSS grew from {baseline} KiB to a peak of {peak} KiB"
+    );
+}
