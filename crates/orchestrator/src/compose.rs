@@ -241,7 +241,6 @@ impl Default for BodyLimits {
             large_body_wait: Duration::from_secs(10),
             read_deadline: Duration::from_secs(60),
         }
-        }
     }
 }
 
