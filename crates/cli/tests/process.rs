@@ -339,7 +339,8 @@ async fn the_client_commands_talk_to_a_running_orchestrator() {
         "prints only the token: {stdout:?}"
     );
 
-    let body = r#"{"jobId":"lint","runId":"5","repository":"o/r","runnerName":"proxy-9","labels":"self-hosted"}"#;
+    let body = r#"{"jobId":"lint","runId":"5","repository":"o/r","runnerName":"proxy-9","labels":"self-hosted",
+        "environment":{"HOME":"/home/runner","GITHUB_TOKEN":"planted-token-value"}}"#;
     let (s, job, _) = call(
         "POST",
         &format!("{}/api/jobs/delegate", server.url),
@@ -370,6 +371,16 @@ async fn the_client_commands_talk_to_a_running_orchestrator() {
     let out = cli(&["jobs", "show", id, "--json"], &server.url, Some(ADMIN));
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["jobId"], "lint");
+    // What was dropped as a credential is counted on the job, never shown.
+    assert_eq!(shown["droppedSecrets"], 1);
+    let out = cli(&["jobs", "show", id], &server.url, Some(ADMIN));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["droppedSecrets", "1"]),
+        "{text}"
+    );
+    assert!(!text.contains("planted-token-value"), "{text}");
 
     // Errors are clear and exit non-zero.
     let out = cli(

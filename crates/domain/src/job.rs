@@ -203,6 +203,10 @@ pub struct NewJob {
     pub needs: Vec<String>,
     pub github_job_id: Option<u64>,
     pub source: JobSource,
+    /// Environment entries and matrix values dropped as credentials before
+    /// the job was recorded.
+    #[serde(default)]
+    pub dropped_secrets: u32,
 }
 
 impl NewJob {
@@ -240,6 +244,7 @@ impl NewJob {
             provisioned_runner_id: None,
             github_job_id: self.github_job_id,
             source: self.source,
+            dropped_secrets: self.dropped_secrets,
             attempts: 0,
             last_error: None,
             created_at: now,
@@ -288,6 +293,10 @@ pub struct Job {
     pub provisioned_runner_id: Option<u64>,
     pub github_job_id: Option<u64>,
     pub source: JobSource,
+    /// Environment entries and matrix values dropped as credentials when
+    /// the job was delegated: what vanished from the record, counted.
+    #[serde(default)]
+    pub dropped_secrets: u32,
     /// How many times provisioning was started.
     pub attempts: u32,
     pub last_error: Option<String>,
@@ -648,6 +657,7 @@ mod tests {
             needs: vec![],
             github_job_id: None,
             source: JobSource::Hook,
+            dropped_secrets: 0,
         }
     }
 
@@ -689,6 +699,19 @@ mod tests {
         let mut w = new_job();
         w.source = JobSource::Webhook;
         assert!(w.delegation_key().is_none());
+    }
+
+    #[test]
+    fn the_count_of_dropped_credentials_is_shown_and_older_records_read_as_none() {
+        let mut n = new_job();
+        n.dropped_secrets = 4;
+        let job = n.into_job(Uuid::now_v7(), DateTime::from_timestamp(0, 0).unwrap());
+        let mut shown = serde_json::to_value(&job).unwrap();
+        assert_eq!(shown["droppedSecrets"], 4);
+        // A record written before the count existed.
+        shown.as_object_mut().unwrap().remove("droppedSecrets");
+        let old: Job = serde_json::from_value(shown).unwrap();
+        assert_eq!(old.dropped_secrets, 0);
     }
 
     #[test]

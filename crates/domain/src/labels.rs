@@ -16,6 +16,10 @@ pub enum LabelError {
     TooLong(String),
     #[error("label {0:?} contains a control character")]
     ControlCharacter(String),
+    #[error("label {0:?} has leading or trailing whitespace")]
+    Whitespace(String),
+    #[error("a label is empty")]
+    Empty,
     #[error("more than {MAX_LABELS} labels")]
     TooMany,
 }
@@ -30,41 +34,59 @@ pub enum Labels {
 }
 
 impl Labels {
+    /// Untrusted labels, checked strictly: in the joined form spaces around
+    /// a comma belong to the separator and empty items are skipped (the
+    /// design's hook joins `RUNNER_LABELS` as it is); in the array form
+    /// every item must be a label as it is. Nothing else is trimmed.
     pub fn parse(&self) -> Result<LabelSet, LabelError> {
         match self {
-            Labels::Joined(s) => LabelSet::parse_list(s.split(',')),
-            Labels::List(v) => LabelSet::parse_list(v.iter().map(String::as_str)),
+            Labels::Joined(s) => LabelSet::parse_exact(
+                s.split(',')
+                    .map(|item| item.trim_matches(' '))
+                    .filter(|item| !item.is_empty()),
+            ),
+            Labels::List(v) => LabelSet::parse_exact(v.iter().map(String::as_str)),
         }
     }
 }
 
-/// A normalised label list: trimmed, no empties, no duplicates (ignoring
-/// case), first spelling and order kept.
+/// A normalised label list: no empties, no duplicates (ignoring case),
+/// first spelling and order kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct LabelSet(Vec<String>);
 
 impl LabelSet {
+    /// Labels from the configuration: trimmed, empty items skipped.
     pub fn parse_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, LabelError> {
+        Self::parse_exact(items.into_iter().map(str::trim).filter(|l| !l.is_empty()))
+    }
+
+    /// Labels taken as they are: each must be non-empty, without leading or
+    /// trailing whitespace or a control character, at most
+    /// [`MAX_LABEL_LEN`] characters; at most [`MAX_LABELS`] items (counted
+    /// before duplicates are dropped, so a flood of copies is refused too).
+    pub fn parse_exact<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, LabelError> {
         let mut out: Vec<String> = Vec::new();
-        for raw in items {
-            let label = raw.trim();
-            if label.is_empty() {
-                continue;
+        for (count, label) in items.into_iter().enumerate() {
+            if count >= MAX_LABELS {
+                return Err(LabelError::TooMany);
             }
+            if label.is_empty() {
+                return Err(LabelError::Empty);
+            }
+            let shown = || label.chars().take(40).collect::<String>();
             if label.chars().count() > MAX_LABEL_LEN {
-                return Err(LabelError::TooLong(label.chars().take(40).collect()));
+                return Err(LabelError::TooLong(shown()));
             }
             if label.chars().any(char::is_control) {
-                return Err(LabelError::ControlCharacter(
-                    label.escape_debug().to_string(),
-                ));
+                return Err(LabelError::ControlCharacter(shown()));
+            }
+            if label.trim() != label {
+                return Err(LabelError::Whitespace(shown()));
             }
             if !out.iter().any(|l| same_label(l, label)) {
                 out.push(label.to_string());
-            }
-            if out.len() > MAX_LABELS {
-                return Err(LabelError::TooMany);
             }
         }
         Ok(LabelSet(out))
@@ -137,10 +159,37 @@ mod tests {
 
     #[test]
     fn array_form_and_duplicates() {
-        let l: Labels = serde_json::from_str(r#"["self-hosted","Linux","linux"," gpu "]"#).unwrap();
+        let l: Labels = serde_json::from_str(r#"["self-hosted","Linux","linux","gpu"]"#).unwrap();
         assert_eq!(
             l.parse().unwrap().into_vec(),
             v(&["self-hosted", "Linux", "gpu"])
+        );
+    }
+
+    #[test]
+    fn untrusted_labels_are_never_trimmed_silently() {
+        for (json, want) in [
+            (r#"[" gpu"]"#, LabelError::Whitespace(" gpu".into())),
+            (r#"["gpu\t"]"#, LabelError::ControlCharacter("gpu\t".into())),
+            (
+                r#"["a\u0000b"]"#,
+                LabelError::ControlCharacter("a\0b".into()),
+            ),
+            (r#"["a",""]"#, LabelError::Empty),
+            (r#""a,\tb""#, LabelError::ControlCharacter("\tb".into())),
+        ] {
+            let l: Labels = serde_json::from_str(json).unwrap();
+            let got = l.parse().unwrap_err();
+            assert_eq!(
+                std::mem::discriminant(&got),
+                std::mem::discriminant(&want),
+                "{json}: {got}"
+            );
+        }
+        // The configuration's lists are trimmed: an operator's spacing.
+        assert_eq!(
+            LabelSet::parse_list([" gpu ", ""]).unwrap().into_vec(),
+            v(&["gpu"])
         );
     }
 
@@ -165,6 +214,11 @@ mod tests {
         let many: Vec<String> = (0..=MAX_LABELS).map(|i| format!("l{i}")).collect();
         assert_eq!(
             LabelSet::parse_list(many.iter().map(String::as_str)),
+            Err(LabelError::TooMany)
+        );
+        // Copies count: ten thousand of one label are refused, not folded.
+        assert_eq!(
+            LabelSet::parse_exact(std::iter::repeat_n("gpu", 10_000)),
             Err(LabelError::TooMany)
         );
         let ok: Vec<String> = (0..MAX_LABELS).map(|i| format!("l{i}")).collect();

@@ -18,6 +18,7 @@ pub mod proxy_runner;
 pub mod runner_plan;
 pub mod schedule;
 pub mod sync;
+pub mod values;
 
 pub use job::{
     DelegationKey, Job, JobContainerRecord, JobSource, JobStatus, NewJob, ServiceRecord,

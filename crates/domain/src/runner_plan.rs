@@ -148,6 +148,7 @@ mod tests {
             needs: vec![],
             github_job_id: Some(9),
             source: JobSource::Webhook,
+            dropped_secrets: 0,
         }
         .into_job(Uuid::from_u128(5), DateTime::from_timestamp(0, 0).unwrap())
     }

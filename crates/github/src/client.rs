@@ -24,8 +24,8 @@ use crate::call::{Call, CallAuth, Repeat, Reply, api_url, decode, scope_path, st
 use crate::config::GitHubConfig;
 use crate::layers::{self, Credentials, HttpSend, Shared, Stack};
 use crate::model::{
-    ApiJob, ApiRunner, JitConfigResponse, JobPage, RunPage, RunnerPage, TokenResponse,
-    WorkflowRunInfo,
+    ApiRunner, JitConfigResponse, JobPage, RunPage, RunnerPage, TokenResponse, WorkflowRunInfo,
+    job_info,
 };
 use crate::rate_limit::RateLimit;
 
@@ -296,8 +296,11 @@ impl GitHubClient {
         let scope = repo_scope(owner, repo);
         let id = job_id.to_string();
         let url = self.url(&scope_path(&scope, &["actions", "jobs", &id]), &[])?;
-        let job: ApiJob = self.call_json(self.get(url, "get_job", &scope)).await?;
-        Ok(job.into_info(&format!("{owner}/{repo}")))
+        let job: serde_json::Value = self.call_json(self.get(url, "get_job", &scope)).await?;
+        job_info(&job, &format!("{owner}/{repo}")).map_err(|e| GitHubError::Http {
+            status: 200,
+            message: format!("get_job: answer refused: {e}"),
+        })
     }
 
     /// Workflow runs of a repository with the given status (`queued`,
@@ -340,7 +343,17 @@ impl GitHubClient {
         let full_name = format!("{owner}/{repo}");
         let mut out = Vec::new();
         self.for_each_page(url, "list_run_jobs", &scope, |page: JobPage| {
-            out.extend(page.jobs.into_iter().map(|j| j.into_info(&full_name)))
+            for job in &page.jobs {
+                match job_info(job, &full_name) {
+                    Ok(info) => out.push(info),
+                    // One malformed job does not hide the others; it is
+                    // never recorded, and the log says why.
+                    Err(e) => tracing::warn!(
+                        repository = %full_name, run_id, error = %e,
+                        "job from GitHub refused"
+                    ),
+                }
+            }
         })
         .await?;
         Ok(out)

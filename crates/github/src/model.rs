@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use proxy_runner_domain::ports::{RunnerInfo, WorkflowJobInfo};
+use proxy_runner_domain::values::{self, FieldError, Fields};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -63,51 +64,23 @@ pub(crate) struct InstallationResponse {
     pub id: u64,
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct ApiJob {
-    pub id: u64,
-    pub run_id: u64,
-    #[serde(default)]
-    pub run_attempt: Option<u32>,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub workflow_name: Option<String>,
-    #[serde(default)]
-    pub status: String,
-    #[serde(default)]
-    pub conclusion: Option<String>,
-    #[serde(default)]
-    pub labels: Vec<String>,
-    #[serde(default)]
-    pub runner_id: Option<u64>,
-    #[serde(default)]
-    pub runner_name: Option<String>,
-}
-
-impl ApiJob {
-    pub(crate) fn into_info(self, repository: &str) -> WorkflowJobInfo {
-        WorkflowJobInfo {
-            id: self.id,
-            run_id: self.run_id,
-            run_attempt: self.run_attempt.unwrap_or(1),
-            repository: repository.to_string(),
-            name: self.name,
-            workflow_name: self.workflow_name.unwrap_or_default(),
-            status: self.status,
-            conclusion: self.conclusion,
-            labels: self.labels,
-            // GitHub reports runner id 0 / empty name on some queued jobs.
-            runner_id: self.runner_id.filter(|id| *id != 0),
-            runner_name: self.runner_name.filter(|n| !n.is_empty()),
-        }
-    }
+/// A job object of the REST API (`GET .../actions/jobs/{id}`, a run's
+/// jobs), read by the domain's value rules: the same verdict a webhook's
+/// `workflow_job` gets.
+pub(crate) fn job_info(
+    job: &serde_json::Value,
+    repository: &str,
+) -> Result<WorkflowJobInfo, FieldError> {
+    let serde_json::Value::Object(obj) = job else {
+        return Err(FieldError::invalid("job", "must be an object"));
+    };
+    values::workflow_job(&Fields::new(obj, "job."), repository)
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct JobPage {
     #[serde(default)]
-    pub jobs: Vec<ApiJob>,
+    pub jobs: Vec<serde_json::Value>,
 }
 
 /// A workflow run, as far as polling needs it.

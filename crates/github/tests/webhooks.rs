@@ -212,21 +212,28 @@ fn every_fixture_parses_into_the_right_fields() {
 }
 
 #[test]
-fn unknown_fields_and_values_are_kept_not_rejected() {
+fn unknown_fields_and_actions_are_kept_unknown_job_values_refused() {
     let body = common::fixture("github/waiting.payload.json");
     let mut raw: serde_json::Value = serde_json::from_str(&body).unwrap();
     raw["action"] = "rescheduled".into();
     raw["brand_new_top_level"] = serde_json::json!({"nested": [1, 2, 3]});
-    raw["workflow_job"]["status"] = "teleporting".into();
-    raw["workflow_job"]["conclusion"] = "vaporised".into();
     raw["workflow_job"]["some_future_field"] = serde_json::json!(true);
     raw["repository"]["another_new_field"] = serde_json::json!(null);
     let event = parse_workflow_job_event(raw.to_string().as_bytes()).unwrap();
     assert_eq!(event.action, WorkflowJobAction::Other("rescheduled".into()));
     assert_eq!(event.action.as_str(), "rescheduled");
-    assert_eq!(event.job.status, "teleporting");
-    assert_eq!(event.job.conclusion.as_deref(), Some("vaporised"));
     assert_eq!(event.job.repository, "lineville/elastic-machines-testing");
+    // A job's status and conclusion are GitHub's documented values only.
+    for (key, value, field) in [
+        ("status", "teleporting", "workflow_job.status"),
+        ("conclusion", "vaporised", "workflow_job.conclusion"),
+    ] {
+        let mut bad = raw.clone();
+        bad["workflow_job"][key] = value.into();
+        let err = parse_workflow_job_event(bad.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.field(), Some(field), "{err}");
+        assert!(err.to_string().contains(value), "{err}");
+    }
 }
 
 #[test]
@@ -241,9 +248,7 @@ fn bad_payloads_are_errors_not_panics() {
         b"null",
         b"[]",
         b"\xff\xfe",
-        br#"{"action":"queued"}"#,
-        br#"{"action":"queued","workflow_job":{"id":"x","run_id":1},"repository":{"full_name":"a/b"}}"#,
-        br#"{"action":"queued","workflow_job":{"id":-1,"run_id":1},"repository":{"full_name":"a/b"}}"#,
+        br#"{"action":"queued","action":"completed"}"#,
     ] {
         assert!(
             matches!(parse_workflow_job_event(bad), Err(WebhookError::Json(_))),
@@ -251,14 +256,50 @@ fn bad_payloads_are_errors_not_panics() {
             String::from_utf8_lossy(bad)
         );
     }
-    let bad_repo = br#"{"action":"queued","workflow_job":{"id":1,"run_id":2},"repository":{"full_name":"../../etc"}}"#;
-    assert!(matches!(
-        parse_workflow_job_event(bad_repo),
-        Err(WebhookError::InvalidRepository(_))
-    ));
+    let job = r#""id":1,"run_id":2,"status":"queued""#;
+    for (bad, field) in [
+        (r#"{"action":"queued"}"#.to_string(), "workflow_job"),
+        (
+            format!(r#"{{"action":"queued","workflow_job":{{{job}}}}}"#),
+            "repository",
+        ),
+        (
+            r#"{"action":"queued","workflow_job":{"id":"x","run_id":1,"status":"queued"},"repository":{"full_name":"a/b"}}"#.to_string(),
+            "workflow_job.id",
+        ),
+        (
+            r#"{"action":"queued","workflow_job":{"id":-1,"run_id":1,"status":"queued"},"repository":{"full_name":"a/b"}}"#.to_string(),
+            "workflow_job.id",
+        ),
+        (
+            format!(r#"{{"action":"queued","workflow_job":{{{job}}},"repository":{{"full_name":"../../etc"}}}}"#),
+            "repository.full_name",
+        ),
+        (
+            format!(r#"{{"action":"queued","workflow_job":{{{job}}},"repository":{{"full_name":" a/b"}}}}"#),
+            "repository.full_name",
+        ),
+        (
+            format!(r#"{{"action":"queued","workflow_job":{{{job}}},"repository":{{"full_name":"a/b","id":0}}}}"#),
+            "repository.id",
+        ),
+        (
+            format!(r#"{{"action":"que\u0000ued","workflow_job":{{{job}}},"repository":{{"full_name":"a/b"}}}}"#),
+            "action",
+        ),
+        (
+            r#"{"action":"queued","workflow_job":{"id":1,"run_id":2},"repository":{"full_name":"a/b"}}"#.to_string(),
+            "workflow_job.status",
+        ),
+    ] {
+        let err = parse_workflow_job_event(bad.as_bytes()).unwrap_err();
+        assert_eq!(err.field(), Some(field), "{bad}: {err}");
+    }
     // Minimal valid payload: missing optional fields default.
-    let minimal = br#"{"action":"queued","workflow_job":{"id":1,"run_id":2,"labels":null},"repository":{"full_name":"a/b"}}"#;
-    let event = parse_workflow_job_event(minimal).unwrap();
+    let minimal = format!(
+        r#"{{"action":"queued","workflow_job":{{{job},"labels":null}},"repository":{{"full_name":"a/b"}}}}"#
+    );
+    let event = parse_workflow_job_event(minimal.as_bytes()).unwrap();
     assert_eq!(event.job.labels, Vec::<String>::new());
     assert_eq!(event.job.run_attempt, 1);
 }

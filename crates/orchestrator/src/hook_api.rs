@@ -16,6 +16,7 @@ use futures::StreamExt;
 use proxy_runner_domain::container_hooks::limits;
 use proxy_runner_domain::job_containers::StepOutput;
 use proxy_runner_domain::ports::BackendError;
+use proxy_runner_domain::values::{Fields, MAX_IDENTIFIER_LEN};
 use serde_json::{Value, json};
 
 use crate::api::{AppState, Body};
@@ -91,20 +92,11 @@ async fn read(
     })?;
     let body = body.read().await?;
     let mut obj = json_object(&body)?;
-    let runner_name = match obj.remove("runnerName") {
-        Some(Value::String(s))
-            if !s.is_empty() && s.len() <= 255 && !s.contains(char::is_control) =>
-        {
-            s
-        }
-        None | Some(Value::Null) => return Err(ApiError::missing("runnerName")),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "runnerName",
-                "must be a runner name (1 to 255 characters, no control characters)",
-            ));
-        }
-    };
+    // The runner name meets the rule it met when the job was delegated.
+    let runner_name = Fields::new(&obj, "")
+        .identifier("runnerName", MAX_IDENTIFIER_LEN)?
+        .ok_or_else(|| ApiError::missing("runnerName"))?;
+    obj.remove("runnerName");
     let args = match obj.remove("args") {
         None | Some(Value::Null) if args_required => return Err(ApiError::missing("args")),
         None | Some(Value::Null) => Value::Object(Default::default()),

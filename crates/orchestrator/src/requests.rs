@@ -6,27 +6,26 @@ use std::collections::BTreeMap;
 use proxy_runner_domain::env_filter::{
     MAX_ENV_ENTRIES, MAX_ENV_NAME_LEN, filter_environment, redact_json,
 };
-use proxy_runner_domain::labels::Labels;
-use proxy_runner_domain::names::parse_repository;
+use proxy_runner_domain::values::{
+    FieldError, Fields, JOB_CONCLUSIONS, MAX_IDENTIFIER_LEN, MAX_TEXT_LEN, check_repository,
+    exit_code, kind, strict_json,
+};
 use proxy_runner_domain::{JobSource, NewJob};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
-const MAX_KEY_LEN: usize = 100;
-const MAX_NAME_LEN: usize = 1024;
 const MAX_NEEDS: usize = 256;
 const MAX_MATRIX_BYTES: usize = 64 * 1024;
 
-/// Parses a request body as a JSON object.
+/// Parses a request body as a JSON object without duplicate keys.
 pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_json(
             "request body is empty; a JSON object is required",
         ));
     }
-    let value = serde_json::from_slice::<Strict>(body)
-        .map(|v| v.0)
+    let value = strict_json(body)
         .map_err(|e| ApiError::bad_json(format!("request body is not valid JSON: {e}")))?;
     match value {
         Value::Object(map) => Ok(map),
@@ -37,136 +36,21 @@ pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// A JSON value whose objects have no duplicate keys: with "last one
-/// wins", a value spliced into a string (as the design's hook builds its
-/// body) could override a field set before it.
-struct Strict(Value);
-
-impl<'de> serde::Deserialize<'de> for Strict {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor)
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        if e.missing {
+            ApiError::missing(&e.field)
+        } else {
+            ApiError::invalid(&e.field, e.problem)
+        }
     }
 }
 
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Strict;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
-        Ok(Strict(Value::Bool(v)))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
-        Ok(Strict(Value::from(v)))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
-        Ok(Strict(Value::from(v)))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
-        Ok(Strict(Value::from(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
-        Ok(Strict(Value::String(v.to_string())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
-        Ok(Strict(Value::String(v)))
-    }
-    fn visit_unit<E>(self) -> Result<Strict, E> {
-        Ok(Strict(Value::Null))
-    }
-    fn visit_none<E>(self) -> Result<Strict, E> {
-        Ok(Strict(Value::Null))
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(Strict(Value::Array(items)))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!(
-                    "duplicate key {:?}",
-                    key.chars().take(64).collect::<String>()
-                )));
-            }
-            let Strict(value) = map.next_value()?;
-            out.insert(key, value);
-        }
-        Ok(Strict(Value::Object(out)))
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn string_field(
-    obj: &Map<String, Value>,
-    field: &str,
-    required: bool,
-    max: usize,
-) -> Result<Option<String>, ApiError> {
-    match obj.get(field) {
-        None | Some(Value::Null) if required => Err(ApiError::missing(field)),
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
-            let s = s.trim();
-            if required && s.is_empty() {
-                return Err(ApiError::invalid(field, "must not be empty"));
-            }
-            if s.chars().count() > max {
-                return Err(ApiError::invalid(
-                    field,
-                    format!("longer than {max} characters"),
-                ));
-            }
-            if s.chars().any(char::is_control) {
-                return Err(ApiError::invalid(field, "contains a control character"));
-            }
-            Ok(Some(s.to_string()))
-        }
-        Some(other) => Err(ApiError::invalid(
-            field,
-            format!("must be a string, got {}", kind(other)),
-        )),
-    }
-}
-
-/// A positive integer sent as a number or as a decimal string (the design's
-/// hook quotes every value).
-fn number_field(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
-    let parsed = match obj.get(field) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            return Err(ApiError::invalid(field, "must not be empty"));
-        }
-        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-        Some(other) => {
-            return Err(ApiError::invalid(
-                field,
-                format!("must be a positive integer, got {}", kind(other)),
-            ));
-        }
-    };
-    match parsed {
-        Some(n) if n > 0 && n <= i64::MAX as u64 => Ok(Some(n)),
-        _ => Err(ApiError::invalid(field, "must be a positive integer")),
-    }
+/// A required identifier (job key, runner name): the domain's rule.
+fn identifier_field(fields: &Fields<'_>, key: &str) -> Result<String, ApiError> {
+    Ok(fields
+        .identifier(key, MAX_IDENTIFIER_LEN)?
+        .ok_or_else(|| FieldError::missing(key))?)
 }
 
 fn environment_field(obj: &Map<String, Value>) -> Result<BTreeMap<String, String>, ApiError> {
@@ -188,7 +72,11 @@ fn environment_field(obj: &Map<String, Value>) -> Result<BTreeMap<String, String
     }
     let mut env = BTreeMap::new();
     for (name, value) in map {
-        if name.is_empty() || name.len() > MAX_ENV_NAME_LEN || name.contains('=') {
+        if name.is_empty()
+            || name.len() > MAX_ENV_NAME_LEN
+            || name.contains('=')
+            || name.contains('\0')
+        {
             let shown: String = name.chars().take(40).collect();
             return Err(ApiError::invalid(
                 "environment",
@@ -198,6 +86,13 @@ fn environment_field(obj: &Map<String, Value>) -> Result<BTreeMap<String, String
         match value {
             // The design's jq turns lines without '=' into null values: skip them.
             Value::Null => {}
+            // No process environment holds a NUL; the engine would refuse it.
+            Value::String(s) if s.contains('\0') => {
+                return Err(ApiError::invalid(
+                    &format!("environment.{}", name.chars().take(40).collect::<String>()),
+                    "contains a control character (U+0000)",
+                ));
+            }
             // Kept whole (the body limit bounds it): nothing is cut without
             // notice, and one long variable does not fail a job.
             Value::String(s) => {
@@ -217,73 +112,47 @@ fn environment_field(obj: &Map<String, Value>) -> Result<BTreeMap<String, String
     Ok(env)
 }
 
-fn needs_field(obj: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
-    let labels = match obj.get("needs") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(v) => serde_json::from_value::<Labels>(v.clone()).map_err(|_| {
-            ApiError::invalid(
-                "needs",
-                format!(
-                    "must be an array of strings or a comma-separated string, got {}",
-                    kind(v)
-                ),
-            )
-        })?,
-    };
-    let set = labels
-        .parse()
-        .map_err(|e| ApiError::invalid("needs", e))?
-        .into_vec();
-    if set.len() > MAX_NEEDS {
+fn needs_field(fields: &Fields<'_>) -> Result<Vec<String>, ApiError> {
+    // `needs` are job keys, in either of the labels' wire forms.
+    let needs = fields.labels("needs")?;
+    if needs.len() > MAX_NEEDS {
         return Err(ApiError::invalid(
             "needs",
             format!("more than {MAX_NEEDS} entries"),
         ));
     }
-    Ok(set)
+    Ok(needs)
 }
 
-/// What a delegate call carries, validated.
+/// What a delegate call carries, validated; `job.dropped_secrets` counts
+/// what was dropped as credentials.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delegation {
     pub job: NewJob,
-    /// How many environment entries were dropped as credentials.
-    pub dropped_secrets: usize,
 }
 
 /// Parses the body of `POST /api/jobs/delegate` as the design's
-/// `hooks/job-started.sh` builds it (plus the optional fields of `JobContext`).
+/// `hooks/job-started.sh` builds it (plus the optional fields of `JobContext`),
+/// by the domain's value rules (`values`), the same a webhook meets.
 /// Unknown fields are ignored; `secrets` is read past and never kept.
 pub fn parse_delegation(body: &[u8]) -> Result<Delegation, ApiError> {
     let obj = json_object(body)?;
-    let job_key = string_field(&obj, "jobId", true, MAX_KEY_LEN)?.unwrap_or_default();
-    let run_id = number_field(&obj, "runId")?.ok_or_else(|| ApiError::missing("runId"))?;
-    let run_attempt = number_field(&obj, "runAttempt")?.unwrap_or(1);
-    let run_attempt =
-        u32::try_from(run_attempt).map_err(|_| ApiError::invalid("runAttempt", "too large"))?;
-    let repository = string_field(&obj, "repository", true, 201)?.unwrap_or_default();
-    parse_repository(&repository).map_err(|e| ApiError::invalid("repository", e))?;
-    let workflow = string_field(&obj, "workflow", false, MAX_NAME_LEN)?.unwrap_or_default();
-    let runner_name = string_field(&obj, "runnerName", true, MAX_KEY_LEN)?.unwrap_or_default();
-    let labels = match obj.get("labels") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(v) => serde_json::from_value::<Labels>(v.clone())
-            .map_err(|_| {
-                ApiError::invalid(
-                    "labels",
-                    format!(
-                        "must be a comma-separated string or an array of strings, got {}",
-                        kind(v)
-                    ),
-                )
-            })?
-            .parse()
-            .map_err(|e| ApiError::invalid("labels", e))?
-            .into_vec(),
-    };
+    let fields = Fields::new(&obj, "");
+    let job_key = identifier_field(&fields, "jobId")?;
+    let run_id = fields
+        .id("runId")?
+        .ok_or_else(|| FieldError::missing("runId"))?;
+    let run_attempt = fields.attempt("runAttempt")?.unwrap_or(1);
+    let repository = fields
+        .str("repository")?
+        .ok_or_else(|| FieldError::missing("repository"))?;
+    check_repository("repository", repository)?;
+    let workflow = fields.text("workflow", MAX_TEXT_LEN)?.unwrap_or_default();
+    let runner_name = identifier_field(&fields, "runnerName")?;
+    let labels = fields.labels("labels")?;
     let (environment, dropped_secrets) = filter_environment(environment_field(&obj)?);
-    let matrix = match obj.get("matrix") {
-        None | Some(Value::Null) => None,
+    let mut matrix = match fields.get("matrix") {
+        None => None,
         Some(v @ Value::Object(_)) => {
             if v.to_string().len() > MAX_MATRIX_BYTES {
                 return Err(ApiError::invalid(
@@ -300,18 +169,17 @@ pub fn parse_delegation(body: &[u8]) -> Result<Delegation, ApiError> {
             ));
         }
     };
-    let needs = needs_field(&obj)?;
+    let needs = needs_field(&fields)?;
     // Credentials inside the matrix are replaced, counted with the dropped
     // environment entries so that nothing vanishes unexplained.
-    let mut matrix = matrix;
     let redacted = matrix.as_mut().map_or(0, redact_json);
-    let dropped_secrets = dropped_secrets + redacted;
+    let dropped_secrets = u32::try_from(dropped_secrets + redacted).unwrap_or(u32::MAX);
     Ok(Delegation {
         job: NewJob {
             job_key,
             run_id,
             run_attempt,
-            repository,
+            repository: repository.to_string(),
             workflow,
             runner_name: Some(runner_name),
             labels,
@@ -320,8 +188,8 @@ pub fn parse_delegation(body: &[u8]) -> Result<Delegation, ApiError> {
             needs,
             github_job_id: None,
             source: JobSource::Hook,
+            dropped_secrets,
         },
-        dropped_secrets,
     })
 }
 
@@ -342,39 +210,19 @@ impl Completion {
     }
 }
 
+/// Parses the optional body of a completion: `exitCode` a JSON integer,
+/// `conclusion` one of GitHub's job conclusions.
 pub fn parse_completion(body: &[u8]) -> Result<Completion, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Completion::default());
     }
     let obj = json_object(body)?;
-    let exit_code = match obj.get("exitCode") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(
-            n.as_i64()
-                .and_then(|v| i32::try_from(v).ok())
-                .ok_or_else(|| ApiError::invalid("exitCode", "must be a 32-bit integer"))?,
-        ),
-        Some(Value::String(s)) => Some(
-            s.trim()
-                .parse::<i32>()
-                .map_err(|_| ApiError::invalid("exitCode", "must be an integer"))?,
-        ),
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "exitCode",
-                format!("must be an integer, got {}", kind(other)),
-            ));
-        }
-    };
-    let conclusion = string_field(&obj, "conclusion", false, 32)?.filter(|c| !c.is_empty());
-    if let Some(c) = &conclusion
-        && !c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_')
-    {
-        return Err(ApiError::invalid(
-            "conclusion",
-            "must be lower-case letters and '_' (e.g. success, failure, cancelled)",
-        ));
-    }
+    let fields = Fields::new(&obj, "");
+    let exit_code = fields
+        .get("exitCode")
+        .map(|v| exit_code("exitCode", v))
+        .transpose()?;
+    let conclusion = fields.one_of("conclusion", &JOB_CONCLUSIONS)?;
     Ok(Completion {
         exit_code,
         conclusion,
@@ -384,8 +232,7 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, ApiError> {
 /// Body of `POST /api/tokens`.
 pub fn parse_token_request(body: &[u8]) -> Result<String, ApiError> {
     let obj = json_object(body)?;
-    let runner = string_field(&obj, "runner", true, MAX_KEY_LEN)?.unwrap_or_default();
-    Ok(runner)
+    identifier_field(&Fields::new(&obj, ""), "runner")
 }
 
 #[cfg(test)]
@@ -411,7 +258,7 @@ mod tests {
         assert_eq!(d.job.run_id, 123456);
         assert_eq!(d.job.run_attempt, 1);
         assert_eq!(d.job.labels, ["self-hosted", "linux", "x64"]);
-        assert_eq!(d.dropped_secrets, 1);
+        assert_eq!(d.job.dropped_secrets, 1);
         assert!(!d.job.environment.contains_key("RUNNER_TOKEN"));
         assert_eq!(d.job.environment.len(), 2);
     }
@@ -494,7 +341,7 @@ mod tests {
         assert_eq!(parse_completion(b"").unwrap(), Completion::default());
         let c = parse_completion(br#"{"exitCode": 2}"#).unwrap();
         assert_eq!(c.effective_conclusion().as_deref(), Some("failure"));
-        let c = parse_completion(br#"{"exitCode": "0", "conclusion": null}"#).unwrap();
+        let c = parse_completion(br#"{"exitCode": 0, "conclusion": null}"#).unwrap();
         assert_eq!(c.effective_conclusion().as_deref(), Some("success"));
         let c = parse_completion(br#"{"conclusion": "cancelled"}"#).unwrap();
         assert_eq!(c.effective_conclusion().as_deref(), Some("cancelled"));
@@ -504,6 +351,9 @@ mod tests {
             (r#"{"exitCode": []}"#, "exitCode"),
             (r#"{"conclusion": "Success!"}"#, "conclusion"),
             (r#"{"conclusion": 3}"#, "conclusion"),
+            (r#"{"exitCode": "0"}"#, "exitCode"),
+            (r#"{"conclusion": "bogus"}"#, "conclusion"),
+            (r#"{"conclusion": ""}"#, "conclusion"),
         ] {
             let err = parse_completion(body.as_bytes()).unwrap_err();
             assert!(err.message.starts_with(field), "{body}: {}", err.message);

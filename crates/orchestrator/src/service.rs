@@ -150,7 +150,7 @@ impl Orchestrator {
                     serde_json::json!({
                         "jobKey": job.job_key, "runId": job.run_id, "runAttempt": job.run_attempt,
                         "repository": job.repository, "runnerName": runner_name,
-                        "labels": job.labels, "droppedSecretVariables": delegation.dropped_secrets,
+                        "labels": job.labels, "droppedSecretVariables": job.dropped_secrets,
                     }),
                 )
                 .await;

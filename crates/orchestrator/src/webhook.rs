@@ -16,7 +16,7 @@ use proxy_runner_domain::JobSource;
 use proxy_runner_domain::ports::{Clock, JobStore};
 use proxy_runner_webhooks::{
     DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, SignatureCheck, WORKFLOW_JOB_EVENT,
-    WorkflowJobAction, parse_workflow_job_event,
+    WebhookError, WorkflowJobAction, parse_workflow_job_event,
 };
 use secrecy::SecretString;
 use serde_json::json;
@@ -84,7 +84,16 @@ async fn receive(State(state): State<WebhookState>, req: Request) -> Result<Resp
         counted(&event, "", "ignored_event");
         return Ok(ignored(format!("event {event:?} is not handled")));
     }
-    let parsed = parse_workflow_job_event(&body).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    // A refused payload is answered 4xx and leaves no trace in the store
+    // (not even its delivery id: a corrected redelivery is processed).
+    let parsed = parse_workflow_job_event(&body).map_err(|e| {
+        counted(&event, "", "invalid");
+        tracing::warn!(delivery = %delivery, error = %e, "webhook payload refused");
+        match e {
+            WebhookError::Json(_) => ApiError::bad_json(e.to_string()),
+            WebhookError::Invalid(field) => ApiError::from(field),
+        }
+    })?;
     let action = match parsed.action {
         WorkflowJobAction::Queued => JobAction::Queued,
         WorkflowJobAction::Waiting => JobAction::Waiting,

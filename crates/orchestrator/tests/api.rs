@@ -427,6 +427,14 @@ async fn credentials_under_innocent_names_and_in_the_matrix_are_never_stored() {
         delegated.detail["droppedSecretVariables"], 6,
         "4 variables and 2 matrix values"
     );
+    // The count is kept on the job and shown with it.
+    assert_eq!(r.body["droppedSecrets"], 6, "{}", r.text);
+    assert_eq!(stored[0].dropped_secrets, 6);
+    let id = r.body["id"].as_str().unwrap();
+    let shown = app
+        .call("GET", &format!("/api/jobs/{id}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(shown.body["droppedSecrets"], 6, "{}", shown.text);
 }
 
 #[tokio::test]

@@ -493,6 +493,7 @@ async fn hook_delegations_and_webhooks_for_one_job_end_on_one_record() {
         needs: vec![],
         github_job_id: None,
         source: JobSource::Hook,
+        dropped_secrets: 0,
     }
     .into_job(uuid::Uuid::now_v7(), chrono::Utc::now());
     r.store.insert_job(&hook_job).await.unwrap();

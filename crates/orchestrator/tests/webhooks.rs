@@ -208,13 +208,24 @@ async fn deliveries_are_deduplicated_and_other_events_acknowledged() {
         (s, r["outcome"].as_str()),
         (StatusCode::ACCEPTED, Some("ignored"))
     );
+    // An action GitHub may add later is acknowledged and ignored...
     let mut odd = queued.clone();
     odd["action"] = "teleported".into();
-    odd["workflow_job"]["conclusion"] = "unheard_of".into();
     let (s, r) = h.deliver("workflow_job", "p3", &odd).await;
     assert_eq!(
         (s, r["outcome"].as_str()),
         (StatusCode::ACCEPTED, Some("ignored"))
+    );
+    // ...but a job's values meet the rules whatever the action.
+    odd["workflow_job"]["conclusion"] = "unheard_of".into();
+    let (s, r) = h.deliver("workflow_job", "p4", &odd).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("workflow_job.conclusion: "),
+        "{r}"
     );
 }
 
@@ -228,7 +239,8 @@ async fn malformed_payloads_and_headers_get_clear_4xx() {
             &serde_json::json!({"action": "queued"}),
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{r}");
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{r}");
+    assert_eq!(r["error"]["code"], "missing_field");
     assert!(
         r["error"]["message"]
             .as_str()

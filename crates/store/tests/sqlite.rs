@@ -28,6 +28,7 @@ fn hook_job(repo: &str, key: &str, runner: &str, run_id: u64) -> Job {
         needs: vec![],
         github_job_id: None,
         source: JobSource::Hook,
+        dropped_secrets: 0,
     }
     .into_job(Uuid::now_v7(), t(0))
 }

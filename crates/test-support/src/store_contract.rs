@@ -126,6 +126,7 @@ pub fn hook_job(repo: &str, key: &str, runner: &str, run_id: u64) -> Job {
         needs: vec!["lint".into()],
         github_job_id: None,
         source: JobSource::Hook,
+        dropped_secrets: 0,
     }
     .into_job(Uuid::now_v7(), t(0))
 }
@@ -379,6 +380,7 @@ pub async fn every_field_round_trips(store: Arc<dyn JobStore>) {
     );
     job.matrix = Some(serde_json::json!({"nested": {"list": [1, 2.5, null, true], "s": "x"}}));
     job.labels = vec!["self-hosted".into(), "GPU".into(), "x64".into()];
+    job.dropped_secrets = 3;
     let inserted = store.insert_job(&job).await.unwrap();
     assert_eq!(inserted.job(), &job);
     assert_eq!(stored(&store, job.id).await, job);

@@ -2,13 +2,19 @@
 //! and the payload parsing. Pure functions (no IO), so the orchestrator's
 //! receiver uses them without depending on the GitHub REST adapter.
 //!
-//! GitHub adds fields and enum values over time, so parsing ignores unknown
-//! fields and keeps unknown values instead of rejecting them.
+//! GitHub adds fields over time, so parsing ignores unknown fields; an
+//! unknown action is kept for the receiver to acknowledge and ignore. The
+//! values of the fields we read meet the domain's value rules.
 
 use hmac::{Hmac, KeyInit, Mac};
 use proxy_runner_domain::ports::{Scope, WorkflowJobInfo};
+use proxy_runner_domain::values::{
+    FieldError, Fields, MAX_IDENTIFIER_LEN, MAX_TEXT_LEN, check_identifier, check_repository, kind,
+    strict_json, workflow_job,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 use sha2::Sha256;
 
 /// Header naming the event (`workflow_job`, `ping`, ...).
@@ -154,112 +160,86 @@ impl WorkflowJobEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
+    /// Not JSON, a duplicate key, or not an object.
     #[error("webhook body is not a workflow_job payload: {0}")]
     Json(String),
-    #[error("webhook payload has an invalid repository name {0:?}")]
-    InvalidRepository(String),
+    /// A field breaks the value rules every way into the store shares
+    /// (`proxy_runner_domain::values`).
+    #[error("webhook payload refused: {0}")]
+    Invalid(#[from] FieldError),
 }
 
-#[derive(Deserialize)]
-struct Payload {
-    action: WorkflowJobAction,
-    workflow_job: WireJob,
-    repository: WireRepository,
-    #[serde(default)]
-    organization: Option<WireOrganization>,
-    #[serde(default)]
-    installation: Option<WireId>,
-}
-
-#[derive(Deserialize)]
-struct WireJob {
-    id: u64,
-    run_id: u64,
-    #[serde(default)]
-    run_attempt: Option<u32>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    workflow_name: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    conclusion: Option<String>,
-    #[serde(default)]
-    labels: Option<Vec<String>>,
-    #[serde(default)]
-    runner_id: Option<u64>,
-    #[serde(default)]
-    runner_name: Option<String>,
-    #[serde(default)]
-    runner_group_id: Option<u64>,
-    #[serde(default)]
-    runner_group_name: Option<String>,
-    #[serde(default)]
-    head_branch: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireRepository {
-    full_name: String,
-    #[serde(default)]
-    id: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct WireOrganization {
-    #[serde(default)]
-    id: Option<u64>,
-    #[serde(default)]
-    login: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireId {
-    #[serde(default)]
-    id: Option<u64>,
+impl WebhookError {
+    /// The refused field's path, e.g. `workflow_job.id`.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            WebhookError::Json(_) => None,
+            WebhookError::Invalid(e) => Some(&e.field),
+        }
+    }
 }
 
 /// Parses the raw body of a `workflow_job` delivery (verify its signature
-/// first).
+/// first) by the domain's value rules: the job meets exactly the rules a
+/// hook's delegation and a job read from GitHub's REST API meet. Unknown
+/// fields are ignored; an unknown `action` is kept (the receiver
+/// acknowledges and ignores it); the values of the fields we read are
+/// checked.
 pub fn parse_workflow_job_event(body: &[u8]) -> Result<WorkflowJobEvent, WebhookError> {
-    let payload: Payload = serde_json::from_slice(body).map_err(|e| {
-        WebhookError::Json(format!(
-            "{:?} error at line {} column {}",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
+    let value = strict_json(body).map_err(|e| {
+        WebhookError::Json(if e.is_data() {
+            // Only the duplicate-key message, which shows the key itself.
+            e.to_string()
+        } else {
+            format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })
     })?;
-    let full_name = payload.repository.full_name;
-    if Scope::repository(&full_name).is_none() {
-        return Err(WebhookError::InvalidRepository(
-            full_name.chars().take(120).collect(),
-        ));
-    }
-    let job = payload.workflow_job;
+    let Value::Object(obj) = value else {
+        return Err(WebhookError::Json(format!(
+            "the body is {}, not an object",
+            kind(&value)
+        )));
+    };
+    let top = Fields::new(&obj, "");
+    let action = top
+        .str("action")?
+        .ok_or_else(|| FieldError::missing("action"))?;
+    check_identifier("action", action, MAX_IDENTIFIER_LEN)?;
+    let job = top
+        .object("workflow_job")?
+        .ok_or_else(|| FieldError::missing("workflow_job"))?;
+    let job_fields = Fields::new(job, "workflow_job.");
+    let repository = top
+        .object("repository")?
+        .ok_or_else(|| FieldError::missing("repository"))?;
+    let repository = Fields::new(repository, "repository.");
+    let full_name = repository
+        .str("full_name")?
+        .ok_or_else(|| FieldError::missing("repository.full_name"))?;
+    check_repository("repository.full_name", full_name)?;
+    let info = workflow_job(&job_fields, full_name)?;
+    let organization = top.object("organization")?;
+    let organization = organization.map(|o| Fields::new(o, "organization."));
+    let installation = top.object("installation")?;
+    let installation = installation.map(|i| Fields::new(i, "installation."));
     Ok(WorkflowJobEvent {
-        action: payload.action,
-        job: WorkflowJobInfo {
-            id: job.id,
-            run_id: job.run_id,
-            run_attempt: job.run_attempt.unwrap_or(1),
-            repository: full_name,
-            name: job.name.unwrap_or_default(),
-            workflow_name: job.workflow_name.unwrap_or_default(),
-            status: job.status.unwrap_or_default(),
-            conclusion: job.conclusion,
-            labels: job.labels.unwrap_or_default(),
-            runner_id: job.runner_id.filter(|id| *id != 0),
-            runner_name: job.runner_name.filter(|n| !n.is_empty()),
-        },
-        repository_id: payload.repository.id,
-        organization_id: payload.organization.as_ref().and_then(|o| o.id),
-        organization_login: payload.organization.and_then(|o| o.login),
-        installation_id: payload.installation.and_then(|i| i.id),
-        runner_group_id: job.runner_group_id,
-        runner_group_name: job.runner_group_name,
-        head_branch: job.head_branch,
+        action: WorkflowJobAction::parse(action),
+        repository_id: repository.id("id")?,
+        organization_id: organization.map(|o| o.id("id")).transpose()?.flatten(),
+        organization_login: organization
+            .map(|o| o.identifier("login", MAX_IDENTIFIER_LEN))
+            .transpose()?
+            .flatten(),
+        installation_id: installation.map(|i| i.id("id")).transpose()?.flatten(),
+        runner_group_id: job_fields.id_or_none("runner_group_id")?,
+        runner_group_name: job_fields.text("runner_group_name", MAX_TEXT_LEN)?,
+        head_branch: job_fields.text("head_branch", MAX_TEXT_LEN)?,
+        job: info,
     })
 }
 

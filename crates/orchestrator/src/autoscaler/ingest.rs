@@ -170,6 +170,7 @@ impl Autoscaler {
             needs: Vec::new(),
             github_job_id: Some(info.id),
             source,
+            dropped_secrets: 0,
         }
         .into_job(self.sources.ids.new_id(), now);
         // We may learn of it late: record what GitHub says now.
