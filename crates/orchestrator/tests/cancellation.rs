@@ -172,7 +172,7 @@ async fn dropped_requests_leave_every_job_with_exactly_its_audit_lines() {
         );
     }
     let ids: std::collections::BTreeSet<Uuid> = jobs.iter().map(|j| j.id).collect();
-    for ((id, action), _) in &lines {
+    for (id, action) in lines.keys() {
         assert!(
             ids.contains(id),
             "{action} line of {id}, which is not stored"

@@ -343,10 +343,10 @@ fn audit_from_row(target: &str, row: &PgRow) -> Result<AuditEvent, StoreError> {
 impl JobStore for PostgresStore {
     async fn insert_job(&self, job: &Job, audit: &[AuditEvent]) -> Result<Inserted, StoreError> {
         match self
-            .write(Write::InsertJob(job.clone(), audit.to_vec()))
+            .write(Write::InsertJob(Box::new(job.clone()), audit.to_vec()))
             .await?
         {
-            Outcome::Inserted(inserted) => Ok(inserted),
+            Outcome::Inserted(inserted) => Ok(*inserted),
             Outcome::Applied(_) => Err(unexpected()),
         }
     }
@@ -358,7 +358,11 @@ impl JobStore for PostgresStore {
         audit: &[AuditEvent],
     ) -> Result<bool, StoreError> {
         let won = self
-            .applied(Write::UpdateJob(job.clone(), expected, audit.to_vec()))
+            .applied(Write::UpdateJob(
+                Box::new(job.clone()),
+                expected,
+                audit.to_vec(),
+            ))
             .await?;
         if won {
             job.revision += 1;

@@ -35,8 +35,8 @@ macro_rules! select_jobs {
 
 /// One write with the audit rows that record it.
 pub(crate) enum Write {
-    InsertJob(Job, Vec<AuditEvent>),
-    UpdateJob(Job, JobStatus, Vec<AuditEvent>),
+    InsertJob(Box<Job>, Vec<AuditEvent>),
+    UpdateJob(Box<Job>, JobStatus, Vec<AuditEvent>),
     DeleteJob(Uuid, u64, Vec<AuditEvent>),
     InsertToken(TokenRecord, Vec<AuditEvent>),
     RevokeToken(Uuid, DateTime<Utc>, Vec<AuditEvent>),
@@ -46,7 +46,7 @@ pub(crate) enum Write {
 }
 
 pub(crate) enum Outcome {
-    Inserted(Inserted),
+    Inserted(Box<Inserted>),
     /// Whether the write took effect (a won compare-and-set, a new row).
     Applied(bool),
 }
@@ -152,7 +152,7 @@ async fn apply(
             if inserted.is_new() {
                 append(conn, target, audit).await?;
             }
-            Ok(Outcome::Inserted(inserted))
+            Ok(Outcome::Inserted(Box::new(inserted)))
         }
         Write::UpdateJob(job, expected, audit) => {
             let won = update_job(conn, target, job, *expected).await?;

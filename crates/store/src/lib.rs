@@ -192,10 +192,10 @@ fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
 impl JobStore for SqliteStore {
     async fn insert_job(&self, job: &Job, audit: &[AuditEvent]) -> Result<Inserted, StoreError> {
         match self
-            .write(Write::InsertJob(job.clone(), audit.to_vec()))
+            .write(Write::InsertJob(Box::new(job.clone()), audit.to_vec()))
             .await?
         {
-            Outcome::Inserted(inserted) => Ok(inserted),
+            Outcome::Inserted(inserted) => Ok(*inserted),
             Outcome::Applied(_) => Err(unexpected()),
         }
     }
@@ -207,7 +207,11 @@ impl JobStore for SqliteStore {
         audit: &[AuditEvent],
     ) -> Result<bool, StoreError> {
         let won = self
-            .applied(Write::UpdateJob(job.clone(), expected, audit.to_vec()))
+            .applied(Write::UpdateJob(
+                Box::new(job.clone()),
+                expected,
+                audit.to_vec(),
+            ))
             .await?;
         if won {
             job.revision += 1;

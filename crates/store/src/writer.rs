@@ -23,8 +23,8 @@ pub(crate) const MAX_BATCH: usize = 512;
 
 /// One write with the audit rows that record it.
 pub(crate) enum Write {
-    InsertJob(Job, Vec<AuditEvent>),
-    UpdateJob(Job, JobStatus, Vec<AuditEvent>),
+    InsertJob(Box<Job>, Vec<AuditEvent>),
+    UpdateJob(Box<Job>, JobStatus, Vec<AuditEvent>),
     DeleteJob(Uuid, u64, Vec<AuditEvent>),
     InsertToken(TokenRecord, Vec<AuditEvent>),
     RevokeToken(Uuid, DateTime<Utc>, Vec<AuditEvent>),
@@ -34,7 +34,7 @@ pub(crate) enum Write {
 }
 
 pub(crate) enum Outcome {
-    Inserted(Inserted),
+    Inserted(Box<Inserted>),
     /// Whether the write took effect (a won compare-and-set, a new row).
     Applied(bool),
 }
@@ -131,7 +131,7 @@ async fn apply(conn: &mut SqliteConnection, write: &Write) -> Result<Outcome, St
             if inserted.is_new() {
                 append(conn, audit).await?;
             }
-            Ok(Outcome::Inserted(inserted))
+            Ok(Outcome::Inserted(Box::new(inserted)))
         }
         Write::UpdateJob(job, expected, audit) => {
             let won = update_job(conn, job, *expected).await?;
