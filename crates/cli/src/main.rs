@@ -55,9 +55,13 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Measure queued-job-to-container latency next to plain `docker run` (prints figures).
+    /// Measure queued-job-to-container latency next to plain `docker run`, and
+    /// durable delegations per second (prints figures).
     #[command(hide = true)]
     Bench(bench::BenchArgs),
+    /// The benchmark's load generator (a process of its own).
+    #[command(hide = true)]
+    BenchLoad(bench::load::LoadArgs),
     /// Run the whole flow on this machine against a local GitHub emulator
     /// (autoscaling, or with --mode proxy the proxy path).
     Demo(demo::DemoArgs),
@@ -194,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchLoad(args) => bench::load::run(args).await,
         Command::Emulator(args) => {
             serve::init_logging();
             emulator::run(args).await

@@ -121,11 +121,20 @@ pub struct AuditEvent {
     pub detail: serde_json::Value,
 }
 
+/// The durable store of jobs, tokens, the audit trail and webhook deliveries.
+///
+/// Every write takes the audit events that record it (`audit`) and commits
+/// them in the same transaction, and only when the write took effect (a new
+/// job, a won compare and set, a deleted job, a revoked token): the write and
+/// its audit rows are stored together or not at all. A write, once handed to
+/// the store, completes even when the caller's future is dropped; an
+/// answer means the write is durable.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
     /// Inserts `job` unless a job with the same delegation key (hook jobs) or
-    /// GitHub job id already exists, in which case that one is returned.
-    async fn insert_job(&self, job: &Job) -> Result<Inserted, StoreError>;
+    /// GitHub job id already exists, in which case that one is returned (and
+    /// `audit` is not written).
+    async fn insert_job(&self, job: &Job, audit: &[AuditEvent]) -> Result<Inserted, StoreError>;
     async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError>;
     async fn find_by_github_job_id(&self, github_job_id: u64) -> Result<Option<Job>, StoreError>;
     /// The newest job of `runner_name` with key `job_key` that is not finished.
@@ -140,19 +149,41 @@ pub trait JobStore: Send + Sync + 'static {
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError>;
     /// Writes `job` if the stored record is still the one `job` was read as:
     /// status `expected` and the same `revision` (compare and set). On
-    /// success `job.revision` is bumped; false when another writer won.
-    async fn update_job(&self, job: &mut Job, expected: JobStatus) -> Result<bool, StoreError>;
+    /// success `job.revision` is bumped; false when another writer won (and
+    /// `audit` is not written).
+    async fn update_job(
+        &self,
+        job: &mut Job,
+        expected: JobStatus,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError>;
 
     /// Deletes a job if it is still at `revision` (compare and set): a
     /// tracking record that another record of the same job supersedes.
     /// False when another writer changed it first.
-    async fn delete_job(&self, id: Uuid, revision: u64) -> Result<bool, StoreError>;
+    async fn delete_job(
+        &self,
+        id: Uuid,
+        revision: u64,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError>;
 
-    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), StoreError>;
     async fn find_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Marks the token revoked; false when there is no such (unrevoked) token.
-    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool, StoreError>;
+    async fn revoke_token(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError>;
 
+    /// Appends an event that records no write of this store (a container
+    /// started, an exit seen).
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
 

@@ -30,7 +30,9 @@ where
     Err(kept_changing())
 }
 
-/// Writes audit events. `detail` must never hold a secret.
+/// Makes audit events, and writes those that record no write of the store
+/// (an event that records a write goes to the store with that write, so
+/// both commit together). `detail` must never hold a secret.
 #[derive(Clone)]
 pub(crate) struct Auditor {
     store: Arc<dyn JobStore>,
@@ -42,8 +44,25 @@ impl Auditor {
         Auditor { store, clock }
     }
 
-    /// Appends one event. The audit trail must not block the job: a failed
-    /// write is logged loudly instead.
+    /// The event `action` of `actor`, now.
+    pub(crate) fn event(
+        &self,
+        actor: &str,
+        action: &str,
+        job_id: Option<Uuid>,
+        detail: serde_json::Value,
+    ) -> AuditEvent {
+        AuditEvent {
+            at: self.clock.now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            job_id,
+            detail,
+        }
+    }
+
+    /// Appends one event that records no write of the store. The audit
+    /// trail must not block the job: a failed write is logged loudly instead.
     pub(crate) async fn record(
         &self,
         actor: &str,
@@ -51,13 +70,7 @@ impl Auditor {
         job_id: Option<Uuid>,
         detail: serde_json::Value,
     ) {
-        let event = AuditEvent {
-            at: self.clock.now(),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            job_id,
-            detail,
-        };
+        let event = self.event(actor, action, job_id, detail);
         if let Err(e) = self.store.append_audit(&event).await {
             tracing::error!(error = %e, action, "audit write failed");
         }

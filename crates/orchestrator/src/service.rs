@@ -130,7 +130,18 @@ impl Orchestrator {
         let job = delegation
             .job
             .into_delegated_job(self.sources.ids.new_id(), now)?;
-        let inserted = self.store.insert_job(&job).await?;
+        let delegated = self.audit.event(
+            &who.actor(),
+            "job.delegated",
+            Some(job.id),
+            serde_json::json!({
+                "jobKey": job.job_key, "runId": job.run_id, "runAttempt": job.run_attempt,
+                "repository": job.repository, "runnerName": runner_name,
+                "labels": job.labels, "droppedSecretVariables": job.dropped_secrets,
+            }),
+        );
+        // The job and its audit line commit together (or neither).
+        let inserted = self.store.insert_job(&job, &[delegated]).await?;
         let created = inserted.is_new();
         let mut job = inserted.into_job();
         if created && let Some(merged) = self.absorb_tracking_record(&job).await? {
@@ -142,18 +153,6 @@ impl Orchestrator {
                 job = %job.id, job_key = %job.job_key, repository = %job.repository,
                 runner = %runner_name, labels = ?job.labels, "job delegated"
             );
-            self.audit
-                .record(
-                    &who.actor(),
-                    "job.delegated",
-                    Some(job.id),
-                    serde_json::json!({
-                        "jobKey": job.job_key, "runId": job.run_id, "runAttempt": job.run_attempt,
-                        "repository": job.repository, "runnerName": runner_name,
-                        "labels": job.labels, "droppedSecretVariables": job.dropped_secrets,
-                    }),
-                )
-                .await;
         }
         Ok((job, created))
     }
@@ -189,24 +188,26 @@ impl Orchestrator {
         };
         if !self
             .store
-            .delete_job(tracking.id, tracking.revision)
+            .delete_job(tracking.id, tracking.revision, &[])
             .await?
         {
             return Ok(None);
         }
         let mut merged = job.clone();
         merged.link_github_job(github_job_id, tracking.runner_id, self.sources.clock.now());
-        if !self.store.update_job(&mut merged, job.status).await? {
+        let event = self.audit.event(
+            "orchestrator",
+            "job.merged",
+            Some(job.id),
+            serde_json::json!({"githubJobId": github_job_id, "trackingRecord": tracking.id}),
+        );
+        if !self
+            .store
+            .update_job(&mut merged, job.status, &[event])
+            .await?
+        {
             return Ok(None);
         }
-        self.audit
-            .record(
-                "orchestrator",
-                "job.merged",
-                Some(job.id),
-                serde_json::json!({"githubJobId": github_job_id, "trackingRecord": tracking.id}),
-            )
-            .await;
         Ok(Some(merged))
     }
 
@@ -320,7 +321,17 @@ impl Orchestrator {
             completion.exit_code,
             self.sources.clock.now(),
         )?;
-        if !self.store.update_job(&mut job, expected).await? {
+        let completed = self.audit.event(
+            &who.actor(),
+            "job.completed",
+            Some(job.id),
+            serde_json::json!({"conclusion": job.conclusion, "exitCode": job.exit_code, "status": job.status}),
+        );
+        if !self
+            .store
+            .update_job(&mut job, expected, &[completed])
+            .await?
+        {
             return Ok(None);
         }
         let shown = job.conclusion.clone().unwrap_or_else(|| "unknown".into());
@@ -328,14 +339,6 @@ impl Orchestrator {
         metrics::counter!(m::JOB_TRANSITIONS, "to" => target.as_str()).increment(1);
         tracing::info!(job = %job.id, conclusion = %shown, exit_code = ?job.exit_code, "job completed");
         self.release_containers(&job).await;
-        self.audit
-            .record(
-                &who.actor(),
-                "job.completed",
-                Some(job.id),
-                serde_json::json!({"conclusion": job.conclusion, "exitCode": job.exit_code, "status": job.status}),
-            )
-            .await;
         Ok(Some(job))
     }
 
@@ -390,15 +393,13 @@ impl Orchestrator {
             created_at: self.sources.clock.now(),
             revoked_at: None,
         };
-        self.store.insert_token(&record).await?;
-        self.audit
-            .record(
-                &who.actor(),
-                "token.created",
-                None,
-                serde_json::json!({"tokenId": record.id, "runner": runner}),
-            )
-            .await;
+        let created = self.audit.event(
+            &who.actor(),
+            "token.created",
+            None,
+            serde_json::json!({"tokenId": record.id, "runner": runner}),
+        );
+        self.store.insert_token(&record, &[created]).await?;
         Ok(IssuedToken {
             record,
             token: SecretString::from(token),
@@ -409,23 +410,21 @@ impl Orchestrator {
         who.require_admin()?;
         let uuid =
             Uuid::parse_str(id).map_err(|_| ServiceError::NotFound("no such token".into()))?;
+        let revoked = self.audit.event(
+            &who.actor(),
+            "token.revoked",
+            None,
+            serde_json::json!({"tokenId": uuid}),
+        );
         if !self
             .store
-            .revoke_token(uuid, self.sources.clock.now())
+            .revoke_token(uuid, self.sources.clock.now(), &[revoked])
             .await?
         {
             return Err(ServiceError::NotFound(format!(
                 "no active token with id {uuid}"
             )));
         }
-        self.audit
-            .record(
-                &who.actor(),
-                "token.revoked",
-                None,
-                serde_json::json!({"tokenId": uuid}),
-            )
-            .await;
         Ok(())
     }
 

@@ -496,7 +496,7 @@ async fn hook_delegations_and_webhooks_for_one_job_end_on_one_record() {
         dropped_secrets: 0,
     }
     .into_job(uuid::Uuid::now_v7(), chrono::Utc::now());
-    r.store.insert_job(&hook_job).await.unwrap();
+    r.store.insert_job(&hook_job, &[]).await.unwrap();
     let mut ev = info(10, "o/r", &["self-hosted"]);
     ev.runner_name = Some("proxy-1".into());
     ev.runner_id = Some(77);

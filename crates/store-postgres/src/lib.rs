@@ -7,8 +7,10 @@
 //! - `update_job` is compare-and-set on status and revision in one `UPDATE`:
 //!   PostgreSQL re-checks the condition on the newest row version after a
 //!   concurrent writer commits, so exactly one of racing writers wins.
-//! - Every write is one transaction; a lost connection rolls it back, and the
-//!   caller gets [`StoreError::Unavailable`] (so the API answers 503).
+//! - Every write goes through one writer task, which commits the writes
+//!   queued together, each with its audit rows, in one transaction (a
+//!   savepoint each); a lost connection rolls it back, and the callers get
+//!   [`StoreError::Unavailable`] (so the API answers 503).
 //! - The pool reconnects by itself: after an outage the same store works
 //!   again without being rebuilt. A write whose commit was sent but whose
 //!   answer was lost is reported `Unavailable` although it may have landed;
@@ -32,7 +34,12 @@ use proxy_runner_domain::ports::{
 use proxy_runner_domain::{Job, JobStatus};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
+use tokio::sync::mpsc;
 use uuid::Uuid;
+
+mod writer;
+
+use writer::{Outcome, Request, Write};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -42,10 +49,6 @@ pub const MAX_PAGE: usize = 500;
 
 /// Largest number of audit lines `list_audit` returns.
 const MAX_AUDIT: usize = 10_000;
-
-/// How often `insert_job` tries again when a conflicting job vanished
-/// between the insert and the read (it finished and gave up its key).
-const INSERT_ATTEMPTS: usize = 3;
 
 /// A query that reads jobs: the JSON record and the revision beside it,
 /// then `$rest` (a literal, so the SQL stays static).
@@ -78,7 +81,10 @@ impl Default for PostgresSettings {
 /// The PostgreSQL adapter of [`JobStore`].
 #[derive(Clone)]
 pub struct PostgresStore {
+    /// Reads, and the writer's connection per transaction.
     pool: PgPool,
+    /// Writes queued for the writer task.
+    writes: mpsc::Sender<Request>,
     /// `user@host:port/database`: names the server in errors, never the password.
     target: Arc<str>,
 }
@@ -145,7 +151,13 @@ impl PostgresStore {
             .await
             .map_err(|e| unreachable(format!("migration failed: {e}")))?;
         tracing::debug!(server = %target, "PostgreSQL job store ready");
-        Ok(PostgresStore { pool, target })
+        let (writes, queue) = mpsc::channel(writer::QUEUE);
+        tokio::spawn(writer::run(pool.clone(), target.clone(), queue));
+        Ok(PostgresStore {
+            pool,
+            writes,
+            target,
+        })
     }
 
     /// The server and database this store uses, without the password.
@@ -166,6 +178,18 @@ impl PostgresStore {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn write(&self, write: Write) -> Result<Outcome, StoreError> {
+        writer::submit(&self.writes, write).await
+    }
+
+    /// A write whose answer is whether it took effect.
+    async fn applied(&self, write: Write) -> Result<bool, StoreError> {
+        match self.write(write).await? {
+            Outcome::Applied(done) => Ok(done),
+            Outcome::Inserted(_) => Err(unexpected()),
+        }
     }
 
     fn fail(&self, e: sqlx::Error) -> StoreError {
@@ -279,6 +303,10 @@ fn job_from_row(target: &str, row: &PgRow) -> Result<Job, StoreError> {
     Ok(job)
 }
 
+fn unexpected() -> StoreError {
+    StoreError::Unavailable("the job store's writer answered another kind of write".into())
+}
+
 fn job_json(job: &Job) -> Result<String, StoreError> {
     serde_json::to_string(job).map_err(|e| StoreError::Invalid(e.to_string()))
 }
@@ -313,69 +341,87 @@ fn audit_from_row(target: &str, row: &PgRow) -> Result<AuditEvent, StoreError> {
 
 #[async_trait]
 impl JobStore for PostgresStore {
-    async fn insert_job(&self, job: &Job) -> Result<Inserted, StoreError> {
-        let key = job.delegation_key().map(|k| k.as_string());
-        let github_job_id = job.github_job_id.map(i64_id).transpose()?;
-        let run_id = i64_id(job.run_id)?;
-        let data = job_json(job)?;
-        let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
-        for _ in 0..INSERT_ATTEMPTS {
-            // No conflict target: any unique index (id, delegation key,
-            // GitHub job id) turns the insert into nothing. A racing insert
-            // of the same key is waited for, then this one does nothing.
-            let inserted = sqlx::query(
-                "INSERT INTO jobs (id, status, repository, runner_name, job_key, github_job_id,
-                                   delegation_key, created_at, updated_at, data,
-                                   source, run_id, run_attempt, ran_in_container_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::json, $11, $12, $13, $14)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(job.id)
-            .bind(job.status.as_str())
-            .bind(&job.repository)
-            .bind(&job.runner_name)
-            .bind(&job.job_key)
-            .bind(github_job_id)
-            .bind(&key)
-            .bind(job.created_at)
-            .bind(job.updated_at)
-            .bind(&data)
-            .bind(job.source.as_str())
-            .bind(run_id)
-            .bind(i64::from(job.run_attempt))
-            .bind(&job.ran_in_container_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?
-            .rows_affected();
-            if inserted == 1 {
-                tx.commit().await.map_err(|e| self.fail(e))?;
-                return Ok(Inserted::New(job.clone()));
-            }
-            // Read committed: this statement sees the row that won.
-            let existing = sqlx::query(select_jobs!(
-                "WHERE ($1::text IS NOT NULL AND delegation_key = $1)
-                    OR ($2::bigint IS NOT NULL AND github_job_id = $2)
-                    OR id = $3
-                 LIMIT 1"
-            ))
-            .bind(&key)
-            .bind(github_job_id)
-            .bind(job.id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
-            if let Some(row) = existing {
-                let found = job_from_row(&self.target, &row)?;
-                tx.commit().await.map_err(|e| self.fail(e))?;
-                return Ok(Inserted::Existing(found));
-            }
-            // The job that held the key finished in between and gave it
-            // up: the insert is tried again and now makes a new job.
+    async fn insert_job(&self, job: &Job, audit: &[AuditEvent]) -> Result<Inserted, StoreError> {
+        match self
+            .write(Write::InsertJob(Box::new(job.clone()), audit.to_vec()))
+            .await?
+        {
+            Outcome::Inserted(inserted) => Ok(*inserted),
+            Outcome::Applied(_) => Err(unexpected()),
         }
-        Err(StoreError::Invalid(
-            "job was neither inserted nor found (conflicting unique keys)".into(),
+    }
+
+    async fn update_job(
+        &self,
+        job: &mut Job,
+        expected: JobStatus,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        let won = self
+            .applied(Write::UpdateJob(
+                Box::new(job.clone()),
+                expected,
+                audit.to_vec(),
+            ))
+            .await?;
+        if won {
+            job.revision += 1;
+        }
+        Ok(won)
+    }
+
+    async fn delete_job(
+        &self,
+        id: Uuid,
+        revision: u64,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        self.applied(Write::DeleteJob(id, revision, audit.to_vec()))
+            .await
+    }
+
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        self.applied(Write::InsertToken(token.clone(), audit.to_vec()))
+            .await
+            .map(drop)
+    }
+
+    async fn revoke_token(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        self.applied(Write::RevokeToken(id, at, audit.to_vec()))
+            .await
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.applied(Write::Audit(event.clone())).await.map(drop)
+    }
+
+    async fn record_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.applied(Write::RecordDelivery(
+            delivery_id.to_string(),
+            event.to_string(),
+            at,
         ))
+        .await
+    }
+
+    async fn forget_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
+        self.applied(Write::ForgetDelivery(delivery_id.to_string()))
+            .await
+            .map(drop)
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -438,68 +484,6 @@ impl JobStore for PostgresStore {
             .collect()
     }
 
-    async fn update_job(&self, job: &mut Job, expected: JobStatus) -> Result<bool, StoreError> {
-        let github_job_id = job.github_job_id.map(i64_id).transpose()?;
-        let read_at = job.revision;
-        let mut next = job.clone();
-        next.revision = read_at + 1;
-        // One statement, so one transaction. When another writer updates
-        // the row first, PostgreSQL waits for it and re-checks the WHERE
-        // clause on the new version: the stale revision no longer matches.
-        let done = sqlx::query(
-            // A finished job gives up its delegation key: the next leg of a
-            // matrix (same GITHUB_JOB, run, attempt and runner) is a new job.
-            "UPDATE jobs SET status = $1, runner_name = $2, github_job_id = $3, updated_at = $4,
-                 data = $5::json, revision = revision + 1,
-                 delegation_key = CASE WHEN $1 IN ('completed', 'failed', 'cancelled')
-                                       THEN NULL ELSE delegation_key END,
-                 source = $9, run_id = $10, run_attempt = $11, ran_in_container_id = $12
-             WHERE id = $6 AND status = $7 AND revision = $8",
-        )
-        .bind(next.status.as_str())
-        .bind(&next.runner_name)
-        .bind(github_job_id)
-        .bind(next.updated_at)
-        .bind(job_json(&next)?)
-        .bind(next.id)
-        .bind(expected.as_str())
-        .bind(i64::try_from(read_at).unwrap_or(i64::MAX))
-        .bind(next.source.as_str())
-        .bind(i64_id(next.run_id)?)
-        .bind(i64::from(next.run_attempt))
-        .bind(&next.ran_in_container_id)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Invalid(format!(
-                "GitHub job {} is already linked to another job",
-                job.github_job_id.unwrap_or_default()
-            )),
-            _ => self.fail(e),
-        })?
-        .rows_affected();
-        if done == 1 {
-            job.revision = next.revision;
-        }
-        Ok(done == 1)
-    }
-
-    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO runner_tokens (id, runner, hash, created_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(token.id)
-        .bind(&token.runner)
-        .bind(&token.hash)
-        .bind(token.created_at)
-        .bind(token.revoked_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.fail(e))?;
-        Ok(())
-    }
-
     async fn find_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         sqlx::query(
             "SELECT id, runner, hash, created_at, revoked_at FROM runner_tokens WHERE hash = $1",
@@ -511,35 +495,6 @@ impl JobStore for PostgresStore {
         .as_ref()
         .map(|row| token_from_row(&self.target, row))
         .transpose()
-    }
-
-    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE runner_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-        )
-        .bind(at)
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.fail(e))?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, job_id, detail)
-             VALUES ($1, $2, $3, $4, $5::json)",
-        )
-        .bind(event.at)
-        .bind(&event.actor)
-        .bind(&event.action)
-        .bind(event.job_id)
-        .bind(event.detail.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.fail(e))?;
-        Ok(())
     }
 
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
@@ -554,45 +509,6 @@ impl JobStore for PostgresStore {
         rows.iter()
             .map(|row| audit_from_row(&self.target, row))
             .collect()
-    }
-
-    async fn record_delivery(
-        &self,
-        delivery_id: &str,
-        event: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "INSERT INTO webhook_deliveries (delivery_id, event, received_at) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(delivery_id)
-        .bind(event)
-        .bind(at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.fail(e))?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn delete_job(&self, id: Uuid, revision: u64) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM jobs WHERE id = $1 AND revision = $2")
-            .bind(id)
-            .bind(i64::try_from(revision).unwrap_or(i64::MAX))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn forget_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM webhook_deliveries WHERE delivery_id = $1")
-            .bind(delivery_id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(())
     }
 
     async fn find_unlinked_hook_job(

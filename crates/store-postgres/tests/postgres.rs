@@ -23,7 +23,7 @@ async fn migrations_are_versioned_and_reopening_keeps_the_data() {
     {
         let store = db.store().await;
         assert_eq!(store.schema_version().await.unwrap(), 3);
-        store.insert_job(&job).await.unwrap();
+        store.insert_job(&job, &[]).await.unwrap();
         store.close().await;
     }
     let store = db.store().await;
@@ -57,9 +57,9 @@ async fn replicas_share_idempotency_keys_deliveries_and_compare_and_set() {
     let b: Arc<dyn JobStore> = Arc::new(db.store().await);
 
     let job = hook_job("o/r", "build", "proxy-1", 1);
-    assert!(a.insert_job(&job).await.unwrap().is_new());
+    assert!(a.insert_job(&job, &[]).await.unwrap().is_new());
     let retry = hook_job("O/R", "build", "proxy-1", 1);
-    assert_eq!(b.insert_job(&retry).await.unwrap().into_job(), job);
+    assert_eq!(b.insert_job(&retry, &[]).await.unwrap().into_job(), job);
 
     assert!(
         a.record_delivery("d-1", "workflow_job", t(0))
@@ -81,7 +81,7 @@ async fn replicas_share_idempotency_keys_deliveries_and_compare_and_set() {
         writers.spawn(async move {
             mine.last_error = Some(format!("writer {i}"));
             barrier.wait().await;
-            store.update_job(&mut mine, JobStatus::Queued).await
+            store.update_job(&mut mine, JobStatus::Queued, &[]).await
         });
     }
     let mut wins = 0;

@@ -1,7 +1,10 @@
 //! The durable job store: SQLite in WAL mode, behind the domain's
-//! [`JobStore`] port. Migrations are embedded and versioned; a job the API
-//! acknowledged is committed (fsync'd) before the answer goes out, so it
-//! survives `kill -9` of the orchestrator.
+//! [`JobStore`] port. Migrations are embedded and versioned. Reads use a pool
+//! of connections; every write goes through one writer task that owns the
+//! write connection and commits the writes that arrive together, with their
+//! audit rows, in one transaction (`writer`). A write the API acknowledged is
+//! committed (fsync'd) before the answer goes out, so it survives `kill -9` of
+//! the orchestrator.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -18,20 +21,37 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
+use tokio::sync::mpsc;
 use uuid::Uuid;
+
+mod writer;
+
+use writer::{Outcome, Request, Write};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Largest page `list_jobs` returns, whatever the caller asks for.
 pub const MAX_PAGE: usize = 500;
 
+/// Connections that serve reads of a database file.
+const READERS: u32 = 8;
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Reads.
     pool: SqlitePool,
+    /// The writer's connection (the same pool as reads for `:memory:`).
+    write_pool: SqlitePool,
+    /// Writes queued for the writer task.
+    writes: mpsc::Sender<Request>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Unavailable("the job store's writer answered another kind of write".into())
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -44,8 +64,20 @@ fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
         .map_err(|e| StoreError::Invalid(format!("bad timestamp {s:?} in database: {e}")))
 }
 
+async fn pool(options: SqliteConnectOptions, max: u32) -> Result<SqlitePool, StoreError> {
+    SqlitePoolOptions::new()
+        .max_connections(max)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options)
+        .await
+        .map_err(|e| unavailable(format!("cannot open database: {e}")))
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and migrates it.
+    /// Starts the writer task on the current Tokio runtime.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -59,43 +91,39 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        // Switching a new file to WAL needs the database to itself: do it,
-        // and the migrations, on one connection before the pool opens more
-        // (otherwise a racing connection can get SQLITE_BUSY at once).
-        let single = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| unavailable(format!("cannot open database: {e}")))?;
+        // Switching a new file to WAL needs the database to itself: the
+        // writer's connection does it, and the migrations, before the
+        // readers open (otherwise a racing connection can get SQLITE_BUSY).
+        let write_pool = pool(options.clone(), 1).await?;
         MIGRATOR
-            .run(&single)
+            .run(&write_pool)
             .await
             .map_err(|e| unavailable(format!("migration failed: {e}")))?;
-        single.close().await;
-        Self::connect(options, 8).await
+        let readers = pool(options, READERS).await?;
+        Ok(Self::start(readers, write_pool))
     }
 
     /// A private in-memory database (tests, `--db :memory:`).
     pub async fn in_memory() -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(unavailable)?;
-        // One connection: every connection to :memory: is its own database.
-        Self::connect(options, 1).await
-    }
-
-    async fn connect(options: SqliteConnectOptions, max: u32) -> Result<Self, StoreError> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await
-            .map_err(|e| unavailable(format!("cannot open database: {e}")))?;
+        // One connection for reads and the writer: every connection to
+        // :memory: is its own database.
+        let pool = pool(options, 1).await?;
         MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| unavailable(format!("migration failed: {e}")))?;
-        Ok(SqliteStore { pool })
+        Ok(Self::start(pool.clone(), pool))
+    }
+
+    fn start(pool: SqlitePool, write_pool: SqlitePool) -> Self {
+        let (writes, queue) = mpsc::channel(writer::QUEUE);
+        tokio::spawn(writer::run(write_pool.clone(), queue));
+        SqliteStore {
+            pool,
+            write_pool,
+            writes,
+        }
     }
 
     /// The schema version (the newest applied migration).
@@ -109,8 +137,22 @@ impl SqliteStore {
         row.try_get("v").map_err(unavailable)
     }
 
+    /// Closes the connections; writes after this fail as unavailable.
     pub async fn close(&self) {
+        self.write_pool.close().await;
         self.pool.close().await;
+    }
+
+    async fn write(&self, write: Write) -> Result<Outcome, StoreError> {
+        writer::submit(&self.writes, write).await
+    }
+
+    /// A write whose answer is whether it took effect.
+    async fn applied(&self, write: Write) -> Result<bool, StoreError> {
+        match self.write(write).await? {
+            Outcome::Applied(done) => Ok(done),
+            Outcome::Inserted(_) => Err(unexpected()),
+        }
     }
 }
 
@@ -148,51 +190,87 @@ fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
 
 #[async_trait]
 impl JobStore for SqliteStore {
-    async fn insert_job(&self, job: &Job) -> Result<Inserted, StoreError> {
-        let key = job.delegation_key().map(|k| k.as_string());
-        let github_job_id = job.github_job_id.map(i64_id).transpose()?;
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, status, repository, runner_name, job_key, github_job_id,
-                               delegation_key, created_at, updated_at, data)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(job.id.to_string())
-        .bind(job.status.as_str())
-        .bind(&job.repository)
-        .bind(&job.runner_name)
-        .bind(&job.job_key)
-        .bind(github_job_id)
-        .bind(&key)
-        .bind(ts(job.created_at))
-        .bind(ts(job.updated_at))
-        .bind(job_json(job)?)
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(Inserted::New(job.clone()));
+    async fn insert_job(&self, job: &Job, audit: &[AuditEvent]) -> Result<Inserted, StoreError> {
+        match self
+            .write(Write::InsertJob(Box::new(job.clone()), audit.to_vec()))
+            .await?
+        {
+            Outcome::Inserted(inserted) => Ok(*inserted),
+            Outcome::Applied(_) => Err(unexpected()),
         }
-        let existing = sqlx::query(
-            "SELECT data, revision FROM jobs
-             WHERE (?1 IS NOT NULL AND delegation_key = ?1)
-                OR (?2 IS NOT NULL AND github_job_id = ?2)
-                OR id = ?3
-             LIMIT 1",
-        )
-        .bind(&key)
-        .bind(github_job_id)
-        .bind(job.id.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        match existing {
-            Some(row) => Ok(Inserted::Existing(job_from_row(&row)?)),
-            None => Err(StoreError::Invalid(
-                "job was neither inserted nor found (conflicting unique keys)".into(),
-            )),
+    }
+
+    async fn update_job(
+        &self,
+        job: &mut Job,
+        expected: JobStatus,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        let won = self
+            .applied(Write::UpdateJob(
+                Box::new(job.clone()),
+                expected,
+                audit.to_vec(),
+            ))
+            .await?;
+        if won {
+            job.revision += 1;
         }
+        Ok(won)
+    }
+
+    async fn delete_job(
+        &self,
+        id: Uuid,
+        revision: u64,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        self.applied(Write::DeleteJob(id, revision, audit.to_vec()))
+            .await
+    }
+
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        self.applied(Write::InsertToken(token.clone(), audit.to_vec()))
+            .await
+            .map(drop)
+    }
+
+    async fn revoke_token(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        self.applied(Write::RevokeToken(id, at, audit.to_vec()))
+            .await
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.applied(Write::Audit(event.clone())).await.map(drop)
+    }
+
+    async fn record_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.applied(Write::RecordDelivery(
+            delivery_id.to_string(),
+            event.to_string(),
+            at,
+        ))
+        .await
+    }
+
+    async fn forget_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
+        self.applied(Write::ForgetDelivery(delivery_id.to_string()))
+            .await
+            .map(drop)
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -273,58 +351,6 @@ impl JobStore for SqliteStore {
         rows.iter().map(job_from_row).collect()
     }
 
-    async fn update_job(&self, job: &mut Job, expected: JobStatus) -> Result<bool, StoreError> {
-        let github_job_id = job.github_job_id.map(i64_id).transpose()?;
-        let read_at = job.revision;
-        let mut next = job.clone();
-        next.revision = read_at + 1;
-        let done = sqlx::query(
-            // A finished job gives up its delegation key: the next leg of a
-            // matrix (same GITHUB_JOB, run, attempt and runner) is a new job.
-            "UPDATE jobs SET status = ?1, runner_name = ?2, github_job_id = ?3, updated_at = ?4, data = ?5,
-                 revision = revision + 1,
-                 delegation_key = CASE WHEN ?1 IN ('completed', 'failed', 'cancelled') THEN NULL ELSE delegation_key END
-             WHERE id = ?6 AND status = ?7 AND revision = ?8",
-        )
-        .bind(next.status.as_str())
-        .bind(&next.runner_name)
-        .bind(github_job_id)
-        .bind(ts(next.updated_at))
-        .bind(job_json(&next)?)
-        .bind(next.id.to_string())
-        .bind(expected.as_str())
-        .bind(i64::try_from(read_at).unwrap_or(i64::MAX))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Invalid(format!(
-                "GitHub job {} is already linked to another job",
-                job.github_job_id.unwrap_or_default()
-            )),
-            _ => unavailable(e),
-        })?
-        .rows_affected();
-        if done == 1 {
-            job.revision = next.revision;
-        }
-        Ok(done == 1)
-    }
-
-    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO runner_tokens (id, runner, hash, created_at, revoked_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(token.id.to_string())
-        .bind(&token.runner)
-        .bind(&token.hash)
-        .bind(ts(token.created_at))
-        .bind(token.revoked_at.map(ts))
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
-    }
-
     async fn find_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         sqlx::query("SELECT * FROM runner_tokens WHERE hash = ?")
             .bind(hash)
@@ -334,34 +360,6 @@ impl JobStore for SqliteStore {
             .as_ref()
             .map(token_from_row)
             .transpose()
-    }
-
-    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE runner_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-        )
-        .bind(ts(at))
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, job_id, detail) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(ts(event.at))
-        .bind(&event.actor)
-        .bind(&event.action)
-        .bind(event.job_id.map(|u| u.to_string()))
-        .bind(event.detail.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
@@ -390,45 +388,6 @@ impl JobStore for SqliteStore {
                 })
             })
             .collect()
-    }
-
-    async fn record_delivery(
-        &self,
-        delivery_id: &str,
-        event: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "INSERT INTO webhook_deliveries (delivery_id, event, received_at) VALUES (?, ?, ?)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(delivery_id)
-        .bind(event)
-        .bind(ts(at))
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn delete_job(&self, id: Uuid, revision: u64) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM jobs WHERE id = ? AND revision = ?")
-            .bind(id.to_string())
-            .bind(i64::try_from(revision).unwrap_or(i64::MAX))
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn forget_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM webhook_deliveries WHERE delivery_id = ?")
-            .bind(delivery_id)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn find_unlinked_hook_job(

@@ -40,9 +40,14 @@ async fn a_file_database_survives_reopening_and_is_versioned() {
     let mut job = hook_job("o/r", "build", "p", 1);
     {
         let store = SqliteStore::open(&path).await.unwrap();
-        store.insert_job(&job).await.unwrap();
+        store.insert_job(&job, &[]).await.unwrap();
         job.transition(JobStatus::Running, t(1)).unwrap();
-        assert!(store.update_job(&mut job, JobStatus::Queued).await.unwrap());
+        assert!(
+            store
+                .update_job(&mut job, JobStatus::Queued, &[])
+                .await
+                .unwrap()
+        );
         assert_eq!(store.schema_version().await.unwrap(), 3);
         store.close().await;
     }
@@ -52,7 +57,7 @@ async fn a_file_database_survives_reopening_and_is_versioned() {
     // The delegation key is still held after reopening.
     let retry = hook_job("o/r", "build", "p", 1);
     assert_eq!(
-        store.insert_job(&retry).await.unwrap().into_job().id,
+        store.insert_job(&retry, &[]).await.unwrap().into_job().id,
         job.id
     );
 }

@@ -15,8 +15,9 @@
 //! compare-and-set writes (stale status or revision loses, revisions bump,
 //! a GitHub job links to one job), every field round-trips, paging (filters,
 //! `after`, the page cap), tokens, audit (newest first), webhook delivery
-//! dedupe and forget, the finders, and concurrent writers (racing CAS
-//! updates, inserts and deliveries).
+//! dedupe and forget, the finders, concurrent writers (racing CAS
+//! updates, inserts and deliveries), and writes with their audit rows (stored
+//! together or not at all, also when the caller goes away mid-write).
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,6 +91,11 @@ macro_rules! job_store_contract {
             racing_inserts_of_one_delegation_key_make_one_job,
             racing_inserts_of_one_github_job_make_one_job,
             racing_deliveries_are_recorded_once,
+            a_write_and_its_audit_rows_are_stored_together,
+            a_write_that_does_not_take_effect_writes_no_audit_row,
+            a_failing_write_leaves_the_writes_committed_with_it_standing,
+            racing_writers_audit_exactly_the_writes_that_won,
+            writes_whose_callers_went_away_are_whole_or_absent,
         );
     };
     (@each $make:path; $($property:ident),* $(,)?) => {
@@ -159,7 +165,7 @@ async fn stored(store: &Arc<dyn JobStore>, id: Uuid) -> Job {
 
 pub async fn delegation_keys_are_idempotent(store: Arc<dyn JobStore>) {
     let job = hook_job("octo/repo", "build", "proxy-1", 42);
-    let first = store.insert_job(&job).await.unwrap();
+    let first = store.insert_job(&job, &[]).await.unwrap();
     assert!(first.is_new());
     assert_eq!(first.job(), &job);
 
@@ -167,7 +173,7 @@ pub async fn delegation_keys_are_idempotent(store: Arc<dyn JobStore>) {
     // hook call): the first job comes back unchanged.
     let mut again = hook_job("Octo/Repo", "build", "proxy-1", 42);
     again.workflow = "other".into();
-    let second = store.insert_job(&again).await.unwrap();
+    let second = store.insert_job(&again, &[]).await.unwrap();
     assert!(!second.is_new(), "same delegation key is Existing");
     assert_eq!(second.job(), &job);
     assert_eq!(store.get_job(again.id).await.unwrap(), None);
@@ -186,7 +192,7 @@ pub async fn delegation_keys_are_idempotent(store: Arc<dyn JobStore>) {
         &other_run,
         &other_repo,
     ] {
-        assert!(store.insert_job(j).await.unwrap().is_new(), "{j:?}");
+        assert!(store.insert_job(j, &[]).await.unwrap().is_new(), "{j:?}");
     }
 
     assert_eq!(store.get_job(job.id).await.unwrap(), Some(job.clone()));
@@ -196,22 +202,22 @@ pub async fn delegation_keys_are_idempotent(store: Arc<dyn JobStore>) {
 
 pub async fn github_job_ids_are_idempotent(store: Arc<dyn JobStore>) {
     let a = webhook_job("o/r", 1001);
-    assert!(store.insert_job(&a).await.unwrap().is_new());
+    assert!(store.insert_job(&a, &[]).await.unwrap().is_new());
 
     // The same GitHub job from another webhook delivery or the poller.
     let dup = webhook_job("o/r", 1001);
-    let again = store.insert_job(&dup).await.unwrap();
+    let again = store.insert_job(&dup, &[]).await.unwrap();
     assert!(!again.is_new());
     assert_eq!(again.job(), &a);
     let mut polled = webhook_job("o/r", 1001);
     polled.source = JobSource::Poll;
-    assert_eq!(store.insert_job(&polled).await.unwrap().into_job(), a);
+    assert_eq!(store.insert_job(&polled, &[]).await.unwrap().into_job(), a);
     // A hook job with a new delegation key but a known GitHub job id.
     let mut hooked = hook_job("o/r", "build", "proxy-1", 5);
     hooked.github_job_id = Some(1001);
-    assert_eq!(store.insert_job(&hooked).await.unwrap().into_job(), a);
+    assert_eq!(store.insert_job(&hooked, &[]).await.unwrap().into_job(), a);
     // The very same record twice.
-    assert!(!store.insert_job(&a).await.unwrap().is_new());
+    assert!(!store.insert_job(&a, &[]).await.unwrap().is_new());
 
     assert_eq!(store.find_by_github_job_id(1001).await.unwrap(), Some(a));
     assert!(store.find_by_github_job_id(1002).await.unwrap().is_none());
@@ -220,30 +226,35 @@ pub async fn github_job_ids_are_idempotent(store: Arc<dyn JobStore>) {
 
 pub async fn a_finished_job_gives_up_its_delegation_key(store: Arc<dyn JobStore>) {
     let mut job = hook_job("o/r", "build", "proxy-1", 1);
-    store.insert_job(&job).await.unwrap();
+    store.insert_job(&job, &[]).await.unwrap();
     job.transition(JobStatus::Running, t(1)).unwrap();
-    assert!(store.update_job(&mut job, JobStatus::Queued).await.unwrap());
+    assert!(
+        store
+            .update_job(&mut job, JobStatus::Queued, &[])
+            .await
+            .unwrap()
+    );
     // Still running: the key still answers with this job.
     let retry = hook_job("o/r", "build", "proxy-1", 1);
     assert_eq!(
-        store.insert_job(&retry).await.unwrap().into_job().id,
+        store.insert_job(&retry, &[]).await.unwrap().into_job().id,
         job.id
     );
 
     job.transition(JobStatus::Completed, t(2)).unwrap();
     assert!(
         store
-            .update_job(&mut job, JobStatus::Running)
+            .update_job(&mut job, JobStatus::Running, &[])
             .await
             .unwrap()
     );
     // The next leg of a matrix (same GITHUB_JOB, run, attempt and runner).
     let next_leg = hook_job("o/r", "build", "proxy-1", 1);
-    let inserted = store.insert_job(&next_leg).await.unwrap();
+    let inserted = store.insert_job(&next_leg, &[]).await.unwrap();
     assert!(inserted.is_new(), "a finished job's key is free again");
     assert_eq!(
         store
-            .insert_job(&hook_job("o/r", "build", "proxy-1", 1))
+            .insert_job(&hook_job("o/r", "build", "proxy-1", 1), &[])
             .await
             .unwrap()
             .into_job()
@@ -258,12 +269,17 @@ pub async fn a_finished_job_gives_up_its_delegation_key(store: Arc<dyn JobStore>
 
 pub async fn updates_are_compare_and_set(store: Arc<dyn JobStore>) {
     let mut job = hook_job("o/r", "build", "proxy-1", 1);
-    store.insert_job(&job).await.unwrap();
+    store.insert_job(&job, &[]).await.unwrap();
     assert_eq!(stored(&store, job.id).await.revision, 0);
 
     job.start_provisioning(t(1)).unwrap();
     job.container_id = Some("abc".into());
-    assert!(store.update_job(&mut job, JobStatus::Queued).await.unwrap());
+    assert!(
+        store
+            .update_job(&mut job, JobStatus::Queued, &[])
+            .await
+            .unwrap()
+    );
     assert_eq!(job.revision, 1, "the writer's copy follows its own write");
 
     // A writer that still thinks the job is queued loses.
@@ -271,7 +287,7 @@ pub async fn updates_are_compare_and_set(store: Arc<dyn JobStore>) {
     stale.status = JobStatus::Cancelled;
     assert!(
         !store
-            .update_job(&mut stale, JobStatus::Queued)
+            .update_job(&mut stale, JobStatus::Queued, &[])
             .await
             .unwrap()
     );
@@ -288,14 +304,14 @@ pub async fn updates_are_compare_and_set(store: Arc<dyn JobStore>) {
     first.runner_id = Some(7);
     assert!(
         store
-            .update_job(&mut first, JobStatus::Provisioning)
+            .update_job(&mut first, JobStatus::Provisioning, &[])
             .await
             .unwrap()
     );
     second.container_id = None;
     assert!(
         !store
-            .update_job(&mut second, JobStatus::Provisioning)
+            .update_job(&mut second, JobStatus::Provisioning, &[])
             .await
             .unwrap()
     );
@@ -311,7 +327,7 @@ pub async fn updates_are_compare_and_set(store: Arc<dyn JobStore>) {
         first.exit_code = Some(n as i32);
         assert!(
             store
-                .update_job(&mut first, JobStatus::Provisioning)
+                .update_job(&mut first, JobStatus::Provisioning, &[])
                 .await
                 .unwrap()
         );
@@ -324,14 +340,14 @@ pub async fn updates_are_compare_and_set(store: Arc<dyn JobStore>) {
     ahead.revision += 1;
     assert!(
         !store
-            .update_job(&mut ahead, JobStatus::Provisioning)
+            .update_job(&mut ahead, JobStatus::Provisioning, &[])
             .await
             .unwrap()
     );
     let mut unknown = hook_job("o/r", "build", "proxy-9", 1);
     assert!(
         !store
-            .update_job(&mut unknown, JobStatus::Queued)
+            .update_job(&mut unknown, JobStatus::Queued, &[])
             .await
             .unwrap()
     );
@@ -340,12 +356,12 @@ pub async fn updates_are_compare_and_set(store: Arc<dyn JobStore>) {
 
 pub async fn a_github_job_links_to_one_job_only(store: Arc<dyn JobStore>) {
     let a = webhook_job("o/r", 5);
-    store.insert_job(&a).await.unwrap();
+    store.insert_job(&a, &[]).await.unwrap();
     let mut b = hook_job("o/r", "build", "p", 9);
-    store.insert_job(&b).await.unwrap();
+    store.insert_job(&b, &[]).await.unwrap();
     b.github_job_id = Some(5);
     let err = store
-        .update_job(&mut b, JobStatus::Queued)
+        .update_job(&mut b, JobStatus::Queued, &[])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
@@ -381,7 +397,7 @@ pub async fn every_field_round_trips(store: Arc<dyn JobStore>) {
     job.matrix = Some(serde_json::json!({"nested": {"list": [1, 2.5, null, true], "s": "x"}}));
     job.labels = vec!["self-hosted".into(), "GPU".into(), "x64".into()];
     job.dropped_secrets = 3;
-    let inserted = store.insert_job(&job).await.unwrap();
+    let inserted = store.insert_job(&job, &[]).await.unwrap();
     assert_eq!(inserted.job(), &job);
     assert_eq!(stored(&store, job.id).await, job);
 
@@ -397,7 +413,12 @@ pub async fn every_field_round_trips(store: Arc<dyn JobStore>) {
     job.exit_code = Some(-1);
     job.conclusion = Some("success".into());
     job.updated_at = DateTime::from_timestamp(1_700_000_010, 123_456_789).unwrap();
-    assert!(store.update_job(&mut job, JobStatus::Queued).await.unwrap());
+    assert!(
+        store
+            .update_job(&mut job, JobStatus::Queued, &[])
+            .await
+            .unwrap()
+    );
     assert_eq!(stored(&store, job.id).await, job);
     assert_eq!(
         store
@@ -418,7 +439,7 @@ pub async fn listing_filters_and_pages_in_creation_order(store: Arc<dyn JobStore
         if i == 3 || i == 4 {
             j.transition(JobStatus::Running, t(1)).unwrap();
         }
-        store.insert_job(&j).await.unwrap();
+        store.insert_job(&j, &[]).await.unwrap();
         ids.push(j.id);
     }
     let listed = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
@@ -508,7 +529,7 @@ pub async fn pages_are_capped(store: Arc<dyn JobStore>) {
         let store = store.clone();
         tasks.spawn(async move {
             let j = webhook_job("o/r", 10_000 + i);
-            store.insert_job(&j).await.map(|x| x.is_new())
+            store.insert_job(&j, &[]).await.map(|x| x.is_new())
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -553,8 +574,8 @@ pub async fn tokens_are_found_by_hash_and_revoked_once(store: Arc<dyn JobStore>)
         created_at: t(1),
         revoked_at: Some(t(2)),
     };
-    store.insert_token(&tok).await.unwrap();
-    store.insert_token(&other).await.unwrap();
+    store.insert_token(&tok, &[]).await.unwrap();
+    store.insert_token(&other, &[]).await.unwrap();
     assert_eq!(
         store.find_token_by_hash(&tok.hash).await.unwrap(),
         Some(tok.clone())
@@ -573,17 +594,20 @@ pub async fn tokens_are_found_by_hash_and_revoked_once(store: Arc<dyn JobStore>)
         "hashes are compared exactly"
     );
 
-    assert!(store.revoke_token(tok.id, t(9)).await.unwrap());
+    assert!(store.revoke_token(tok.id, t(9), &[]).await.unwrap());
     assert!(
-        !store.revoke_token(tok.id, t(10)).await.unwrap(),
+        !store.revoke_token(tok.id, t(10), &[]).await.unwrap(),
         "revoking twice"
     );
     assert!(
-        !store.revoke_token(other.id, t(10)).await.unwrap(),
+        !store.revoke_token(other.id, t(10), &[]).await.unwrap(),
         "already revoked"
     );
     assert!(
-        !store.revoke_token(Uuid::now_v7(), t(10)).await.unwrap(),
+        !store
+            .revoke_token(Uuid::now_v7(), t(10), &[])
+            .await
+            .unwrap(),
         "no such token"
     );
     assert_eq!(
@@ -681,16 +705,21 @@ pub async fn webhook_deliveries_are_deduplicated_and_forgotten(store: Arc<dyn Jo
 
 pub async fn the_active_job_of_a_runner_is_found_by_key(store: Arc<dyn JobStore>) {
     let mut old = hook_job("o/r", "build", "proxy-1", 1);
-    store.insert_job(&old).await.unwrap();
+    store.insert_job(&old, &[]).await.unwrap();
     old.transition(JobStatus::Completed, t(5)).unwrap();
-    assert!(store.update_job(&mut old, JobStatus::Queued).await.unwrap());
+    assert!(
+        store
+            .update_job(&mut old, JobStatus::Queued, &[])
+            .await
+            .unwrap()
+    );
     let older = hook_job("o/r", "build", "proxy-1", 2);
-    store.insert_job(&older).await.unwrap();
+    store.insert_job(&older, &[]).await.unwrap();
     let mut newest = hook_job("o/r", "build", "proxy-1", 3);
     newest.transition(JobStatus::Running, t(6)).unwrap();
-    store.insert_job(&newest).await.unwrap();
+    store.insert_job(&newest, &[]).await.unwrap();
     store
-        .insert_job(&hook_job("o/r", "build", "proxy-2", 4))
+        .insert_job(&hook_job("o/r", "build", "proxy-2", 4), &[])
         .await
         .unwrap();
 
@@ -721,7 +750,7 @@ pub async fn the_active_job_of_a_runner_is_found_by_key(store: Arc<dyn JobStore>
     newest.transition(JobStatus::Failed, t(7)).unwrap();
     assert!(
         store
-            .update_job(&mut newest, JobStatus::Running)
+            .update_job(&mut newest, JobStatus::Running, &[])
             .await
             .unwrap()
     );
@@ -744,13 +773,16 @@ pub async fn the_active_hook_job_of_a_runner_is_its_newest_unfinished_one(
     );
     let mut first = hook_job("o/r", "build", "proxy-1", 1);
     first.transition(JobStatus::Running, t(1)).unwrap();
-    store.insert_job(&first).await.unwrap();
+    store.insert_job(&first, &[]).await.unwrap();
     let mut second = hook_job("o/r", "test", "proxy-1", 1);
     second.transition(JobStatus::Running, t(2)).unwrap();
-    store.insert_job(&second).await.unwrap();
-    store.insert_job(&webhook_job("o/r", 99)).await.unwrap();
+    store.insert_job(&second, &[]).await.unwrap();
     store
-        .insert_job(&hook_job("o/r", "build", "proxy-2", 1))
+        .insert_job(&webhook_job("o/r", 99), &[])
+        .await
+        .unwrap();
+    store
+        .insert_job(&hook_job("o/r", "build", "proxy-2", 1), &[])
         .await
         .unwrap();
     let found = store.find_active_hook_job("proxy-1").await.unwrap();
@@ -758,7 +790,7 @@ pub async fn the_active_hook_job_of_a_runner_is_its_newest_unfinished_one(
     second.transition(JobStatus::Completed, t(3)).unwrap();
     assert!(
         store
-            .update_job(&mut second, JobStatus::Running)
+            .update_job(&mut second, JobStatus::Running, &[])
             .await
             .unwrap()
     );
@@ -772,19 +804,24 @@ pub async fn the_active_hook_job_of_a_runner_is_its_newest_unfinished_one(
 
 pub async fn a_job_is_deleted_only_at_the_revision_it_was_read(store: Arc<dyn JobStore>) {
     let mut job = webhook_job("o/r", 7);
-    store.insert_job(&job).await.unwrap();
+    store.insert_job(&job, &[]).await.unwrap();
     let read = stored(&store, job.id).await;
     job.transition(JobStatus::Running, t(1)).unwrap();
-    assert!(store.update_job(&mut job, JobStatus::Queued).await.unwrap());
     assert!(
-        !store.delete_job(read.id, read.revision).await.unwrap(),
+        store
+            .update_job(&mut job, JobStatus::Queued, &[])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.delete_job(read.id, read.revision, &[]).await.unwrap(),
         "a stale read deletes nothing"
     );
     assert!(store.get_job(job.id).await.unwrap().is_some());
     let current = stored(&store, job.id).await;
     assert!(
         store
-            .delete_job(current.id, current.revision)
+            .delete_job(current.id, current.revision, &[])
             .await
             .unwrap()
     );
@@ -794,17 +831,17 @@ pub async fn a_job_is_deleted_only_at_the_revision_it_was_read(store: Arc<dyn Jo
         "its GitHub job id is free again"
     );
     let again = webhook_job("o/r", 7);
-    assert!(store.insert_job(&again).await.unwrap().is_new());
+    assert!(store.insert_job(&again, &[]).await.unwrap().is_new());
 }
 
 pub async fn hook_jobs_are_found_for_linking_until_linked(store: Arc<dyn JobStore>) {
     let mut job = hook_job("o/r", "build", "proxy-1", 42);
-    store.insert_job(&job).await.unwrap();
+    store.insert_job(&job, &[]).await.unwrap();
     // A webhook job of the same run is not a hook job.
     let mut webhook = webhook_job("o/r", 77);
     webhook.runner_name = Some("proxy-1".into());
     webhook.run_id = 42;
-    store.insert_job(&webhook).await.unwrap();
+    store.insert_job(&webhook, &[]).await.unwrap();
 
     let found = store
         .find_unlinked_hook_job("proxy-1", "O/R", 42, 1)
@@ -826,7 +863,7 @@ pub async fn hook_jobs_are_found_for_linking_until_linked(store: Arc<dyn JobStor
 
     // The newest of two unlinked ones (two job keys of one run).
     let second = hook_job("o/r", "test", "proxy-1", 42);
-    store.insert_job(&second).await.unwrap();
+    store.insert_job(&second, &[]).await.unwrap();
     let found = store
         .find_unlinked_hook_job("proxy-1", "o/r", 42, 1)
         .await
@@ -834,12 +871,17 @@ pub async fn hook_jobs_are_found_for_linking_until_linked(store: Arc<dyn JobStor
     assert_eq!(found.map(|j| j.id), Some(second.id));
 
     job.github_job_id = Some(555);
-    assert!(store.update_job(&mut job, JobStatus::Queued).await.unwrap());
+    assert!(
+        store
+            .update_job(&mut job, JobStatus::Queued, &[])
+            .await
+            .unwrap()
+    );
     let mut second = stored(&store, second.id).await;
     second.github_job_id = Some(556);
     assert!(
         store
-            .update_job(&mut second, JobStatus::Queued)
+            .update_job(&mut second, JobStatus::Queued, &[])
             .await
             .unwrap()
     );
@@ -863,9 +905,9 @@ pub async fn hook_jobs_are_found_for_linking_until_linked(store: Arc<dyn JobStor
 pub async fn the_job_that_ran_in_another_jobs_container_is_found(store: Arc<dyn JobStore>) {
     let mut j = webhook_job("o/r", 9);
     j.ran_in_container_id = Some("c-1".into());
-    store.insert_job(&j).await.unwrap();
+    store.insert_job(&j, &[]).await.unwrap();
     let mut later = webhook_job("o/r", 10);
-    store.insert_job(&later).await.unwrap();
+    store.insert_job(&later, &[]).await.unwrap();
     let found = store.find_job_ran_in_container("c-1").await.unwrap();
     assert_eq!(found.map(|x| x.id), Some(j.id));
     assert!(
@@ -880,7 +922,7 @@ pub async fn the_job_that_ran_in_another_jobs_container_is_found(store: Arc<dyn 
     later.ran_in_container_id = Some("c-1".into());
     assert!(
         store
-            .update_job(&mut later, JobStatus::Queued)
+            .update_job(&mut later, JobStatus::Queued, &[])
             .await
             .unwrap()
     );
@@ -889,7 +931,7 @@ pub async fn the_job_that_ran_in_another_jobs_container_is_found(store: Arc<dyn 
     later.ran_in_container_id = Some("c-3".into());
     assert!(
         store
-            .update_job(&mut later, JobStatus::Queued)
+            .update_job(&mut later, JobStatus::Queued, &[])
             .await
             .unwrap()
     );
@@ -907,7 +949,7 @@ pub async fn ping_answers(store: Arc<dyn JobStore>) {
 
 pub async fn racing_compare_and_set_writers_one_wins_per_round(store: Arc<dyn JobStore>) {
     let job = hook_job("o/r", "build", "proxy-1", 1);
-    store.insert_job(&job).await.unwrap();
+    store.insert_job(&job, &[]).await.unwrap();
     for round in 0..CAS_ROUNDS {
         // Every round starts from a queued job that all writers read.
         let base = stored(&store, job.id).await;
@@ -925,7 +967,7 @@ pub async fn racing_compare_and_set_writers_one_wins_per_round(store: Arc<dyn Jo
                     mine.status = JobStatus::Provisioning;
                 }
                 barrier.wait().await;
-                let won = store.update_job(&mut mine, JobStatus::Queued).await?;
+                let won = store.update_job(&mut mine, JobStatus::Queued, &[]).await?;
                 Ok::<_, StoreError>(won.then_some(mine))
             });
         }
@@ -946,7 +988,7 @@ pub async fn racing_compare_and_set_writers_one_wins_per_round(store: Arc<dyn Jo
         // Back to queued for the next round (one more revision).
         let from = now.status;
         now.status = JobStatus::Queued;
-        assert!(store.update_job(&mut now, from).await.unwrap());
+        assert!(store.update_job(&mut now, from, &[]).await.unwrap());
     }
 }
 
@@ -959,7 +1001,7 @@ pub async fn racing_inserts_of_one_delegation_key_make_one_job(store: Arc<dyn Jo
             let repo = if i % 2 == 0 { "octo/repo" } else { "OCTO/Repo" };
             let job = hook_job(repo, "build", "proxy-1", 42);
             barrier.wait().await;
-            let inserted = store.insert_job(&job).await?;
+            let inserted = store.insert_job(&job, &[]).await?;
             Ok::<_, StoreError>((inserted.is_new(), job.id, inserted.into_job().id))
         });
     }
@@ -977,7 +1019,7 @@ pub async fn racing_inserts_of_one_github_job_make_one_job(store: Arc<dyn JobSto
                 job.source = JobSource::Poll;
             }
             barrier.wait().await;
-            let inserted = store.insert_job(&job).await?;
+            let inserted = store.insert_job(&job, &[]).await?;
             Ok::<_, StoreError>((inserted.is_new(), job.id, inserted.into_job().id))
         });
     }
@@ -1025,4 +1067,344 @@ pub async fn racing_deliveries_are_recorded_once(store: Arc<dyn JobStore>) {
         firsts += usize::from(done.expect("task").expect("record"));
     }
     assert_eq!(firsts, 1, "one replica handles a delivery");
+}
+
+// ---------------------------------------------------------------- writes with their audit rows
+
+/// An audit event naming `job_id`, told apart by `action`.
+pub fn event(action: &str, job_id: Option<Uuid>) -> AuditEvent {
+    AuditEvent {
+        at: t(0),
+        actor: "runner:proxy-1".into(),
+        action: action.into(),
+        job_id,
+        detail: serde_json::json!({"action": action}),
+    }
+}
+
+async fn actions(store: &Arc<dyn JobStore>) -> Vec<String> {
+    let mut all: Vec<String> = store
+        .list_audit(10_000)
+        .await
+        .expect("list_audit")
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    all.reverse();
+    all
+}
+
+pub async fn a_write_and_its_audit_rows_are_stored_together(store: Arc<dyn JobStore>) {
+    let job = hook_job("o/r", "build", "proxy-1", 1);
+    let inserted = store
+        .insert_job(&job, &[event("job.delegated", Some(job.id))])
+        .await
+        .unwrap();
+    assert!(inserted.is_new());
+    let mut job = stored(&store, job.id).await;
+    job.transition(JobStatus::Running, t(1)).unwrap();
+    let id = Some(job.id);
+    assert!(
+        store
+            .update_job(
+                &mut job,
+                JobStatus::Queued,
+                &[event("job.running", id), event("job.noted", id)]
+            )
+            .await
+            .unwrap()
+    );
+    let gone = hook_job("o/r", "gone", "proxy-1", 2);
+    store.insert_job(&gone, &[]).await.unwrap();
+    assert!(
+        store
+            .delete_job(gone.id, 0, &[event("job.merged", Some(gone.id))])
+            .await
+            .unwrap()
+    );
+    let token = TokenRecord {
+        id: Uuid::now_v7(),
+        runner: "proxy-1".into(),
+        hash: "ab".repeat(32),
+        created_at: t(0),
+        revoked_at: None,
+    };
+    store
+        .insert_token(&token, &[event("token.created", None)])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .revoke_token(token.id, t(1), &[event("token.revoked", None)])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        actions(&store).await,
+        [
+            "job.delegated",
+            "job.running",
+            "job.noted",
+            "job.merged",
+            "token.created",
+            "token.revoked"
+        ]
+    );
+    let newest = store.list_audit(1).await.unwrap();
+    assert_eq!(newest, [event("token.revoked", None)], "stored whole");
+}
+
+pub async fn a_write_that_does_not_take_effect_writes_no_audit_row(store: Arc<dyn JobStore>) {
+    let job = hook_job("o/r", "build", "proxy-1", 1);
+    store
+        .insert_job(&job, &[event("job.delegated", Some(job.id))])
+        .await
+        .unwrap();
+    // The same delegation again: the stored job comes back, no second line.
+    let again = hook_job("o/r", "build", "proxy-1", 1);
+    let existing = store
+        .insert_job(&again, &[event("job.delegated.again", Some(again.id))])
+        .await
+        .unwrap();
+    assert!(!existing.is_new());
+    // A compare and set that loses (stale revision, then stale status).
+    let mut stale = job.clone();
+    stale.revision = 7;
+    stale.transition(JobStatus::Running, t(1)).unwrap();
+    assert!(
+        !store
+            .update_job(
+                &mut stale,
+                JobStatus::Queued,
+                &[event("lost.revision", Some(job.id))]
+            )
+            .await
+            .unwrap()
+    );
+    let mut wrong_status = job.clone();
+    assert!(
+        !store
+            .update_job(
+                &mut wrong_status,
+                JobStatus::Running,
+                &[event("lost.status", Some(job.id))]
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        wrong_status.revision, 0,
+        "a lost write leaves the copy as it was"
+    );
+    // A delete at a revision the job no longer has, and of no job at all.
+    assert!(
+        !store
+            .delete_job(job.id, 5, &[event("lost.delete", Some(job.id))])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_job(Uuid::now_v7(), 0, &[event("lost.nothing", None)])
+            .await
+            .unwrap()
+    );
+    // Revoking a token that does not exist.
+    assert!(
+        !store
+            .revoke_token(Uuid::now_v7(), t(1), &[event("lost.revoke", None)])
+            .await
+            .unwrap()
+    );
+    assert_eq!(actions(&store).await, ["job.delegated"]);
+    assert_eq!(stored(&store, job.id).await, job, "the job is untouched");
+}
+
+pub async fn a_failing_write_leaves_the_writes_committed_with_it_standing(
+    store: Arc<dyn JobStore>,
+) {
+    // Job `a` holds GitHub job 77; linking `b` to it too is refused.
+    let a = webhook_job("o/r", 77);
+    store.insert_job(&a, &[]).await.unwrap();
+    let b = hook_job("o/r", "build", "proxy-1", 1);
+    store.insert_job(&b, &[]).await.unwrap();
+    // Many writes at once, so that the store may commit them together; the
+    // failing link is among them.
+    let barrier = Arc::new(Barrier::new(CAS_WRITERS + 1));
+    let mut tasks = JoinSet::new();
+    {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        let mut linked = b.clone();
+        tasks.spawn(async move {
+            linked.link_github_job(77, None, t(1));
+            barrier.wait().await;
+            let line = event("job.linked", Some(linked.id));
+            let refused = store
+                .update_job(&mut linked, JobStatus::Queued, &[line])
+                .await;
+            assert!(
+                matches!(refused, Err(StoreError::Invalid(_))),
+                "a second link of GitHub job 77 is refused: {refused:?}"
+            );
+            None
+        });
+    }
+    for i in 0..CAS_WRITERS {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        tasks.spawn(async move {
+            let job = hook_job("o/r", &format!("job-{i}"), "proxy-2", 100 + i as u64);
+            barrier.wait().await;
+            let inserted = store
+                .insert_job(&job, &[event(&format!("job.delegated.{i}"), Some(job.id))])
+                .await
+                .expect("an insert beside the failing write");
+            assert!(inserted.is_new());
+            Some(job.id)
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        ids.extend(done.expect("task"));
+    }
+    assert_eq!(ids.len(), CAS_WRITERS);
+    for id in &ids {
+        stored(&store, *id).await;
+    }
+    let lines = store.list_audit(10_000).await.unwrap();
+    assert_eq!(
+        lines.len(),
+        CAS_WRITERS,
+        "one line per insert, none for the refused link"
+    );
+    assert!(lines.iter().all(|l| l.action.starts_with("job.delegated.")));
+    assert_eq!(
+        stored(&store, b.id).await,
+        b,
+        "the refused link left b as it was"
+    );
+}
+
+pub async fn racing_writers_audit_exactly_the_writes_that_won(store: Arc<dyn JobStore>) {
+    let job = hook_job("o/r", "build", "proxy-1", 1);
+    store.insert_job(&job, &[]).await.unwrap();
+    let mut won = 0;
+    for round in 0..CAS_ROUNDS {
+        let base = stored(&store, job.id).await;
+        let barrier = Arc::new(Barrier::new(CAS_WRITERS));
+        let mut tasks = JoinSet::new();
+        for writer in 0..CAS_WRITERS {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            let mut mine = base.clone();
+            tasks.spawn(async move {
+                mine.last_error = Some(format!("round {round} writer {writer}"));
+                let line = event(&format!("r{round}.w{writer}"), Some(mine.id));
+                barrier.wait().await;
+                let status = mine.status;
+                store.update_job(&mut mine, status, &[line]).await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if done.expect("task").expect("update") {
+                won += 1;
+            }
+        }
+        let now = stored(&store, job.id).await;
+        let lines = actions(&store).await;
+        let winner = now.last_error.expect("a winner wrote");
+        let expected = winner.replace("round ", "r").replace(" writer ", ".w");
+        assert_eq!(
+            lines.last(),
+            Some(&expected),
+            "round {round}: the line is the winner's"
+        );
+    }
+    assert_eq!(won as u64, CAS_ROUNDS, "one winner per round");
+    assert_eq!(
+        actions(&store).await.len() as u64,
+        CAS_ROUNDS,
+        "one line per won write"
+    );
+}
+
+/// Delegations whose callers give up at once or after a moment: each job
+/// is stored with its audit line or not at all, and each acknowledged one
+/// is stored.
+pub async fn writes_whose_callers_went_away_are_whole_or_absent(store: Arc<dyn JobStore>) {
+    const WRITES: usize = 400;
+    let mut offered = Vec::new();
+    let mut acknowledged = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..WRITES {
+        let job = hook_job("o/r", &format!("job-{i}"), "proxy-1", i as u64);
+        offered.push(job.id);
+        let store = store.clone();
+        let write = async move {
+            store
+                .insert_job(&job, &[event("job.delegated", Some(job.id))])
+                .await
+                .map(|inserted| inserted.job().id)
+        };
+        match i % 4 {
+            // Dropped before it is ever polled, or after its first poll.
+            0 => drop(write),
+            1 => {
+                if let Ok(Ok(id)) =
+                    tokio::time::timeout(std::time::Duration::from_nanos(1), write).await
+                {
+                    acknowledged.push(id);
+                }
+            }
+            // Aborted while in flight, at whatever point it reached.
+            _ => tasks.push(tokio::spawn(write)),
+        }
+        if i % 7 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for (n, task) in tasks.into_iter().enumerate() {
+        if n % 2 == 0 {
+            task.abort();
+        }
+        if let Ok(Ok(id)) = task.await {
+            acknowledged.push(id);
+        }
+    }
+    // Writes handed over before their caller left still land: wait until a
+    // write made now has committed (the writer takes them in order).
+    let marker = hook_job("o/r", "marker", "proxy-9", 9_999);
+    store.insert_job(&marker, &[]).await.unwrap();
+
+    let lines = store.list_audit(10_000).await.unwrap();
+    let audited: BTreeMap<Uuid, usize> = lines.iter().fold(BTreeMap::new(), |mut m, l| {
+        *m.entry(l.job_id.expect("names its job")).or_default() += 1;
+        m
+    });
+    let mut stored_jobs = 0;
+    for id in &offered {
+        let job = store.get_job(*id).await.unwrap();
+        let lines = audited.get(id).copied().unwrap_or(0);
+        match job {
+            Some(_) => {
+                stored_jobs += 1;
+                assert_eq!(lines, 1, "job {id} is stored with exactly its audit line");
+            }
+            None => assert_eq!(lines, 0, "no audit line without its job {id}"),
+        }
+    }
+    for id in &acknowledged {
+        assert!(
+            store.get_job(*id).await.unwrap().is_some(),
+            "acknowledged {id} is stored"
+        );
+    }
+    assert_eq!(
+        lines.len(),
+        stored_jobs,
+        "no audit line names a job that was not offered"
+    );
+    assert!(
+        acknowledged.len() <= stored_jobs && stored_jobs <= WRITES,
+        "{} acknowledged, {stored_jobs} stored",
+        acknowledged.len()
+    );
 }

@@ -56,7 +56,7 @@ impl Autoscaler {
             && other.runner_container_exited(code)
         {
             let expected = other.status;
-            let _ = self.save(&mut other, expected).await;
+            let _ = self.save(&mut other, expected, &[]).await;
         }
         self.remove_network_when_unused(&job.repository).await;
         self.wake.notify_one();
@@ -81,7 +81,7 @@ impl Autoscaler {
             return Ok(Some(()));
         }
         job.own_container_exited(exit_code, self.now());
-        if !self.save(&mut job, expected).await? {
+        if !self.save(&mut job, expected, &[]).await? {
             return Ok(None);
         }
         self.deregister(&job).await;

@@ -117,25 +117,23 @@ impl Autoscaler {
         };
         if let Some(tracking) = tracking {
             // The GitHub job id moves to the hook's record.
+            let merged = self.audit.event(
+                "github",
+                "job.merged",
+                Some(hook_job.id),
+                serde_json::json!({"githubJobId": info.id, "trackingRecord": tracking.id}),
+            );
             if !self
                 .store
-                .delete_job(tracking.id, tracking.revision)
+                .delete_job(tracking.id, tracking.revision, &[merged])
                 .await?
             {
                 return Ok(None);
             }
-            self.audit
-                .record(
-                    "github",
-                    "job.merged",
-                    Some(hook_job.id),
-                    serde_json::json!({"githubJobId": info.id, "trackingRecord": tracking.id}),
-                )
-                .await;
         }
         let expected = hook_job.status;
         hook_job.link_github_job(info.id, info.runner_id, self.now());
-        if !self.save(&mut hook_job, expected).await? {
+        if !self.save(&mut hook_job, expected, &[]).await? {
             return Ok(None);
         }
         Ok(Some(Some(hook_job)))
@@ -175,23 +173,21 @@ impl Autoscaler {
         .into_job(self.sources.ids.new_id(), now);
         // We may learn of it late: record what GitHub says now.
         self.apply_github_state(&mut job, action, info).await;
-        let inserted = self.store.insert_job(&job).await?;
+        let queued = self.audit.event(
+            "github",
+            "job.queued",
+            Some(job.id),
+            serde_json::json!({
+                "githubJobId": info.id, "repository": info.repository, "labels": info.labels, "source": source,
+            }),
+        );
+        let inserted = self.store.insert_job(&job, &[queued]).await?;
         if !inserted.is_new() {
             // Recorded meanwhile by another event: apply ours to that one.
             return Ok(None);
         }
         let id = inserted.job().id;
         tracing::info!(job = %id, github_job = info.id, repository = %info.repository, labels = ?info.labels, ?source, "job recorded");
-        self.audit
-            .record(
-                "github",
-                "job.queued",
-                Some(id),
-                serde_json::json!({
-                    "githubJobId": info.id, "repository": info.repository, "labels": info.labels, "source": source,
-                }),
-            )
-            .await;
         self.after_linking(&job).await;
         self.wake.notify_one();
         Ok(Some(Ingested::Created(id)))
@@ -208,19 +204,19 @@ impl Autoscaler {
         if job == before {
             return Ok(Some(Ingested::Unchanged(job.id)));
         }
-        if !self.save(&mut job, before.status).await? {
+        let moved = (job.status != before.status).then(|| {
+            self.audit.event(
+                "github",
+                &format!("job.{}", job.status),
+                Some(job.id),
+                serde_json::json!({"githubJobId": info.id, "runnerName": job.runner_name, "conclusion": job.conclusion}),
+            )
+        });
+        if !self.save(&mut job, before.status, moved.as_slice()).await? {
             return Ok(None);
         }
-        if job.status != before.status {
+        if moved.is_some() {
             metrics::counter!(m::JOB_TRANSITIONS, "to" => job.status.as_str()).increment(1);
-            self.audit
-                .record(
-                    "github",
-                    &format!("job.{}", job.status),
-                    Some(job.id),
-                    serde_json::json!({"githubJobId": info.id, "runnerName": job.runner_name, "conclusion": job.conclusion}),
-                )
-                .await;
         }
         if job.ran_in_container_id != before.ran_in_container_id {
             self.after_linking(&job).await;

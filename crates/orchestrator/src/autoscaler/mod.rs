@@ -30,7 +30,8 @@ use chrono::{DateTime, Utc};
 use proxy_runner_domain::failure::RetryPolicy;
 use proxy_runner_domain::labels::{LabelSet, same_label};
 use proxy_runner_domain::ports::{
-    BackendError, ContainerBackend, Hardening, JobStore, RunnerRegistry, Scope, StoreError,
+    AuditEvent, BackendError, ContainerBackend, Hardening, JobStore, RunnerRegistry, Scope,
+    StoreError,
 };
 use proxy_runner_domain::schedule::Caps;
 use proxy_runner_domain::sync::lock;
@@ -253,9 +254,15 @@ impl Autoscaler {
         }
     }
 
-    /// Compare-and-set write of a job read with status `expected`.
-    async fn save(&self, job: &mut Job, expected: JobStatus) -> Result<bool, StoreError> {
-        self.store.update_job(job, expected).await
+    /// Compare-and-set write of a job read with status `expected`, with the
+    /// audit events that record it (committed together, or neither).
+    async fn save(
+        &self,
+        job: &mut Job,
+        expected: JobStatus,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        self.store.update_job(job, expected, audit).await
     }
 
     /// Whether an ephemeral runner is started for a job with these labels

@@ -157,7 +157,7 @@ impl Autoscaler {
         started: &StartedContainer,
     ) {
         job.container_started(started.id.clone(), runner.runner_name.clone(), self.now());
-        match self.save(job, JobStatus::Provisioning).await {
+        match self.save(job, JobStatus::Provisioning, &[]).await {
             Ok(true) => {}
             // GitHub settled the job meanwhile (e.g. cancelled): keep the
             // container record on the job so the exit event cleans up.
@@ -169,7 +169,7 @@ impl Autoscaler {
                         job.provisioned_runner_id,
                         self.now(),
                     );
-                    let _ = self.save(&mut current, expected).await;
+                    let _ = self.save(&mut current, expected, &[]).await;
                     if current.status.is_terminal() {
                         let _ = self.backend.stop(&started.id, Duration::from_secs(5)).await;
                     }
@@ -223,24 +223,22 @@ impl Autoscaler {
         };
         let gave_up = target == JobStatus::Failed;
         tracing::warn!(job = %job.id, attempt = job.attempts, error = %failure.message(), gave_up, "provisioning failed");
-        match self.save(&mut job, JobStatus::Provisioning).await {
+        let action = if gave_up {
+            "job.failed"
+        } else {
+            "job.requeued"
+        };
+        let event = self.audit.event(
+            "orchestrator",
+            action,
+            Some(job.id),
+            serde_json::json!({"error": failure.message(), "attempt": job.attempts}),
+        );
+        match self.save(&mut job, JobStatus::Provisioning, &[event]).await {
             // GitHub settled the job meanwhile (finished, cancelled): nothing to retry.
             Ok(false) => false,
             Ok(true) => {
                 metrics::counter!(m::JOB_TRANSITIONS, "to" => target.as_str()).increment(1);
-                let action = if gave_up {
-                    "job.failed"
-                } else {
-                    "job.requeued"
-                };
-                self.audit
-                    .record(
-                        "orchestrator",
-                        action,
-                        Some(job.id),
-                        serde_json::json!({"error": failure.message(), "attempt": job.attempts}),
-                    )
-                    .await;
                 true
             }
             Err(e) => {

@@ -95,7 +95,7 @@ impl Autoscaler {
         // In flight before the write, so `reconcile` never sees it as
         // provisioning without a provisioner.
         lock(&self.in_flight).insert(job.id, job.repository.to_ascii_lowercase());
-        let saved = self.save(&mut job, JobStatus::Queued).await;
+        let saved = self.save(&mut job, JobStatus::Queued, &[]).await;
         if !matches!(saved, Ok(true)) {
             lock(&self.in_flight).remove(&job.id);
             return saved.map_err(AutoscaleError::from);

@@ -62,8 +62,11 @@ impl ProxyJobs {
             }
             if record.removed_at.is_none() {
                 let now = self.sources.clock.now();
-                self.update(job.id, move |j| j.containers_removed(now))
-                    .await?;
+                self.update(job.id, move |j| {
+                    j.containers_removed(now);
+                    Vec::new()
+                })
+                .await?;
             }
         }
         if removed > 0 {

@@ -16,7 +16,9 @@ use proxy_runner_domain::container_hooks::{HookInputError, HookState};
 use proxy_runner_domain::job_containers::JobContainers;
 use proxy_runner_domain::labels::LabelSet;
 use proxy_runner_domain::policy::{HardeningProfile, PolicyError, ProxyPolicy};
-use proxy_runner_domain::ports::{BackendError, ContainerBackend, JobStore, StoreError};
+use proxy_runner_domain::ports::{
+    AuditEvent, BackendError, ContainerBackend, JobStore, StoreError,
+};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -150,17 +152,23 @@ impl ProxyJobs {
     }
 
     /// Writes `change` to the job, re-reading it when another writer won.
-    async fn update(&self, id: Uuid, change: impl Fn(&mut Job)) -> Result<Job, ProxyError> {
+    /// `change` answers the audit events that record it, which commit with
+    /// the write (or not at all).
+    async fn update(
+        &self,
+        id: Uuid,
+        change: impl Fn(&mut Job) -> Vec<AuditEvent>,
+    ) -> Result<Job, ProxyError> {
         crate::audit::retry_cas(
             || async {
                 let Some(mut job) = self.store.get_job(id).await? else {
                     return Err(ServiceError::NotFound(format!("job {id} vanished")).into());
                 };
                 let expected = job.status;
-                change(&mut job);
+                let audit = change(&mut job);
                 Ok(self
                     .store
-                    .update_job(&mut job, expected)
+                    .update_job(&mut job, expected, &audit)
                     .await?
                     .then_some(job))
             },

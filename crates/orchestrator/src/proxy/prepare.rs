@@ -175,19 +175,21 @@ impl ProxyJobs {
         notices.dedup();
         let now = self.sources.clock.now();
         let stored = record.clone();
-        self.update(job.id, move |j| j.containers_prepared(stored.clone(), now))
-            .await?;
-        self.audit
-            .record(
-                &format!("runner:{}", job.runner_name.as_deref().unwrap_or_default()),
-                "proxy.prepared",
-                Some(job.id),
-                serde_json::json!({
-                    "container": record.id, "image": record.image, "network": network,
-                    "services": record.services.iter().map(|s| serde_json::json!({"name": s.name, "id": s.id, "image": s.image})).collect::<Vec<_>>(),
-                }),
-            )
-            .await;
+        let runner = format!("runner:{}", job.runner_name.as_deref().unwrap_or_default());
+        let prepared = self.audit.event(
+            &runner,
+            "proxy.prepared",
+            Some(job.id),
+            serde_json::json!({
+                "container": record.id, "image": record.image, "network": network,
+                "services": record.services.iter().map(|s| serde_json::json!({"name": s.name, "id": s.id, "image": s.image})).collect::<Vec<_>>(),
+            }),
+        );
+        self.update(job.id, move |j| {
+            j.containers_prepared(stored.clone(), now);
+            vec![prepared.clone()]
+        })
+        .await?;
         tracing::info!(job = %job.id, container = ?record.id, services = record.services.len(), "job containers prepared");
         Ok(Prepared {
             job_id: job.id,

@@ -107,18 +107,19 @@ impl ProxyJobs {
         let closed = self
             .update(job.id, move |j| {
                 let _ = j.timed_out(shown.clone(), now);
+                if j.status != JobStatus::Failed {
+                    return Vec::new();
+                }
+                vec![self.audit.event(
+                    "orchestrator",
+                    "job.closed",
+                    Some(j.id),
+                    serde_json::json!({"reason": shown}),
+                )]
             })
             .await?;
         if closed.status == JobStatus::Failed {
             tracing::warn!(job = %job.id, reason = %reason, "delegated job closed");
-            self.audit
-                .record(
-                    "orchestrator",
-                    "job.closed",
-                    Some(job.id),
-                    serde_json::json!({"reason": reason}),
-                )
-                .await;
         }
         self.release(&closed).await?;
         Ok(())

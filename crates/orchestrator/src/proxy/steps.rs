@@ -129,20 +129,20 @@ impl ProxyJobs {
     async fn step_finished(&self, job_id: Uuid, code: i64) {
         let code = i32::try_from(code).ok();
         let now = self.sources.clock.now();
-        match self.update(job_id, move |j| j.step_ran(code, now)).await {
-            Ok(job) => {
-                self.audit
-                    .record(
-                        &format!("runner:{}", job.runner_name.as_deref().unwrap_or_default()),
-                        "proxy.step",
-                        Some(job_id),
-                        serde_json::json!({
-                            "step": job.job_container.as_ref().map(|r| r.steps_run),
-                            "exitCode": code,
-                        }),
-                    )
-                    .await
-            }
+        let step = move |j: &mut proxy_runner_domain::Job| {
+            j.step_ran(code, now);
+            vec![self.audit.event(
+                &format!("runner:{}", j.runner_name.as_deref().unwrap_or_default()),
+                "proxy.step",
+                Some(job_id),
+                serde_json::json!({
+                    "step": j.job_container.as_ref().map(|r| r.steps_run),
+                    "exitCode": code,
+                }),
+            )]
+        };
+        match self.update(job_id, step).await {
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(job = %job_id, error = %e, "cannot record the step's exit code")
             }

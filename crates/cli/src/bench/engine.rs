@@ -1,6 +1,6 @@
-//! `proxy-runner bench`: how long a queued job waits for its container,
-//! measured next to plain `docker run -d` of the same image in the same run.
-//! Prints figures; asserts nothing.
+//! The engine part of `proxy-runner bench`: how long a queued job waits for
+//! its container, measured next to plain `docker run -d` of the same image in
+//! the same run. Prints figures; asserts nothing.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -9,12 +9,14 @@ use anyhow::{Context, bail};
 use clap::Args;
 use proxy_runner_domain::ports::{ContainerBackend, JobStore};
 use serde_json::{Value, json};
+
+use super::percentile;
 use uuid::Uuid;
 
 use crate::demo::{Rig, rig};
 
 #[derive(Args)]
-pub struct BenchArgs {
+pub struct EngineArgs {
     /// Jobs queued one after another (each waits for the previous container).
     #[arg(long, default_value_t = 50)]
     pub sequential: usize,
@@ -23,14 +25,6 @@ pub struct BenchArgs {
     pub burst: usize,
     #[arg(long, env = "PROXY_RUNNER_DEMO_HOST_IP")]
     pub host_ip: Option<IpAddr>,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn summary(name: &str, mut v: Vec<f64>) -> (f64, f64) {
@@ -160,7 +154,8 @@ async fn docker_run(args: &[String]) -> anyhow::Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// Runs the engine part; its figures (seconds) as JSON.
+pub async fn run(args: EngineArgs) -> anyhow::Result<Value> {
     let t0 = Instant::now();
     let say = |m: String| eprintln!("[{:6.1}s] {m}", t0.elapsed().as_secs_f64());
     let r = rig(args.host_ip, args.burst.max(1), args.burst.max(1), &say).await?;
@@ -230,13 +225,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!();
     let (o50, o95) = summary("queued webhook -> container running", ours);
     let (d50, d95) = summary("docker run -d (same image and hardening)", plain);
+    let mut figures = json!({
+        "sequential": {"jobs": args.sequential, "oursP50": o50, "oursP95": o95, "dockerRunP50": d50, "dockerRunP95": d95},
+    });
     println!("ratio p50 {:.2}x   ratio p95 {:.2}x", o50 / d50, o95 / d95);
     println!();
-    summary(
+    let (b50, b95) = summary(
         &format!("burst of {}: queued -> container running", args.burst),
         burst_lat,
     );
     summary(&format!("{} parallel docker run -d, each", args.burst), par);
+    figures["burst"] = json!({
+        "jobs": args.burst, "oursP50": b50, "oursP95": b95,
+        "oursWall": burst_wall, "parallelDockerRunWall": par_wall,
+    });
     println!(
         "burst wall: proxy-runner {:.2} s (queue all -> all running), parallel docker run {:.2} s, ratio {:.2}x",
         burst_wall,
@@ -251,5 +253,5 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } = r;
     orchestrator.shutdown().await?;
     emulator.shutdown().await;
-    Ok(())
+    Ok(figures)
 }

@@ -1,0 +1,80 @@
+//! `proxy-runner bench`: figures, never assertions. Two parts, run in turn
+//! or one of them with `--only`:
+//!
+//! - `engine`: how long a queued job waits for its container, next to plain
+//!   `docker run -d` of the same image (`engine.rs`);
+//! - `delegations`: durable delegations per second and their latency at 1,
+//!   64 and 512 clients against `proxy-runner serve` on a SQLite file, next
+//!   to the same server on `:memory:` and `GET /healthz`, from a separate
+//!   load-generating process (`delegations.rs`, `load.rs`).
+//!
+//! Prints tables; `--json FILE` writes the figures.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+
+pub mod delegations;
+pub mod engine;
+pub mod load;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    Engine,
+    Delegations,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Run only this part (both by default).
+    #[arg(long, value_enum)]
+    pub only: Option<Part>,
+    /// Also write the figures to this file as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: engine::EngineArgs,
+    #[command(flatten)]
+    pub delegations: delegations::DelegationArgs,
+}
+
+/// The value at percentile `p` (0..=100) of `sorted`, NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut figures = json!({"machine": machine()});
+    if args.only.is_none_or(|p| p == Part::Engine) {
+        figures["engine"] = engine::run(args.engine).await?;
+    }
+    if args.only.is_none_or(|p| p == Part::Delegations) {
+        figures["delegations"] = delegations::run(&args.delegations).await?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// What the figures were measured on.
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({"cpus": cpus, "cpuModel": model, "os": std::env::consts::OS})
+}
