@@ -197,6 +197,19 @@ struct Output {
 }
 
 impl Output {
+    /// The process's stdout and stderr; the orchestrator token and a
+    /// password in its URL are secrets from the start, whatever fails first.
+    fn new() -> Output {
+        let mut secrets: Vec<String> = token_from_env().into_iter().collect();
+        secrets.extend(url_from_env().as_deref().and_then(url_password));
+        Output {
+            stdout: tokio::io::stdout(),
+            stderr: tokio::io::stderr(),
+            at_line_start: true,
+            secrets: Secrets(secrets),
+        }
+    }
+
     async fn stdout(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if let Some(last) = bytes.last() {
             self.at_line_start = *last == b'\n';
@@ -259,21 +272,6 @@ fn escape_command_data(text: &str) -> String {
     text.replace('%', "%25")
         .replace('\r', "%0D")
         .replace('\n', "%0A")
-}
-
-impl Output {
-    /// The process's stdout and stderr; the orchestrator token (if any) is
-    /// a secret from the start, whatever fails first.
-    fn new() -> Output {
-        let mut secrets: Vec<String> = token_from_env().into_iter().collect();
-        secrets.extend(url_from_env().as_deref().and_then(url_password));
-        Output {
-            stdout: tokio::io::stdout(),
-            stderr: tokio::io::stderr(),
-            at_line_start: true,
-            secrets: Secrets(secrets),
-        }
-    }
 }
 
 async fn container() -> i32 {
