@@ -334,7 +334,9 @@ fn refusals_and_missing_settings_read_the_same_on_both_clients() {
     };
     let mut no_run_id = runner_env(&server.url, &tok);
     no_run_id.retain(|(k, _)| *k != "GITHUB_RUN_ID");
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, i32, &str)> = vec![
+    /// (what, script, environment, exit code, the start of the one line printed)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, i32, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "unknown token",
             "job-started.sh",
