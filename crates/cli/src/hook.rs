@@ -577,8 +577,8 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("proxy-runner-hook/", env!("CARGO_PKG_VERSION")));
         if endpoint.url.starts_with("http://") {
-            // No TLS on this endpoint: the root certificates are not loaded
-            // (most of a job hook's start-up otherwise).
+            // No TLS on this endpoint: the system's root certificates are
+            // not read and parsed, which would lengthen every hook's start.
             builder = builder.tls_certs_only([]);
         }
         let http = builder
