@@ -7,6 +7,15 @@
 # whose report never came.
 set -uo pipefail
 
+# The native client (`proxy-runner hook job-completed`) does the same without
+# starting jq and curl: PROXY_RUNNER_BIN, else proxy-runner on PATH. The curl
+# path below is the fallback when neither is there.
+if [ -n "${PROXY_RUNNER_BIN:-}" ] && [ -x "$PROXY_RUNNER_BIN" ]; then
+  exec "$PROXY_RUNNER_BIN" hook job-completed
+elif command -v proxy-runner >/dev/null 2>&1; then
+  exec proxy-runner hook job-completed
+fi
+
 url="${ORCHESTRATOR_URL:-}"
 token="${PROXY_RUNNER_TOKEN:-${RUNNER_TOKEN:-}}"
 if [ -z "$url" ] || [ -z "$token" ] || [ -z "${GITHUB_JOB:-}" ]; then

@@ -7,10 +7,19 @@
 # orchestrator cannot be reached it exits 1 with the reason, so the job fails
 # visibly instead of running unaccounted.
 #
-# Needs: bash, curl, jq. Reads ORCHESTRATOR_URL and PROXY_RUNNER_TOKEN (the
-# runner's orchestrator token; RUNNER_TOKEN is accepted for the design's
-# setups).
+# Needs: proxy-runner, else bash, curl and jq. Reads ORCHESTRATOR_URL and
+# PROXY_RUNNER_TOKEN (the runner's orchestrator token; RUNNER_TOKEN is
+# accepted for the design's setups).
 set -euo pipefail
+
+# The native client (`proxy-runner hook job-started`) does the same without
+# starting jq and curl: PROXY_RUNNER_BIN, else proxy-runner on PATH. The curl
+# path below is the fallback when neither is there.
+if [ -n "${PROXY_RUNNER_BIN:-}" ] && [ -x "$PROXY_RUNNER_BIN" ]; then
+  exec "$PROXY_RUNNER_BIN" hook job-started
+elif command -v proxy-runner >/dev/null 2>&1; then
+  exec proxy-runner hook job-started
+fi
 
 url="${ORCHESTRATOR_URL:?ORCHESTRATOR_URL is not set}"
 token="${PROXY_RUNNER_TOKEN:-${RUNNER_TOKEN:-}}"

@@ -1,5 +1,7 @@
 //! `proxy-runner hook container`: the actions runner's container hook
-//! (`ACTIONS_RUNNER_CONTAINER_HOOKS`, through `hooks/container-hook.sh`).
+//! (`ACTIONS_RUNNER_CONTAINER_HOOKS`, through `hooks/container-hook.sh`);
+//! `hook job-started` and `hook job-completed` (the job hooks, in `job`)
+//! share its HTTP client, retries and failure report.
 //!
 //! The runner writes one line of JSON on stdin (`{command, responseFile,
 //! args, state}`); the hook hands the call to the orchestrator, which owns
@@ -19,18 +21,29 @@ use rand::Rng as _;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
+mod job;
+
 #[derive(Subcommand)]
 pub enum HookCommand {
     /// The container hook (ACTIONS_RUNNER_CONTAINER_HOOKS): one call of the
     /// runner on stdin, handed to the orchestrator (ORCHESTRATOR_URL,
     /// PROXY_RUNNER_TOKEN, RUNNER_NAME).
     Container,
+    /// The job-started hook (ACTIONS_RUNNER_HOOK_JOB_STARTED, through
+    /// hooks/job-started.sh): delegates the job (ORCHESTRATOR_URL,
+    /// PROXY_RUNNER_TOKEN or RUNNER_TOKEN, GITHUB_*, RUNNER_*).
+    JobStarted,
+    /// The job-completed hook (ACTIONS_RUNNER_HOOK_JOB_COMPLETED, through
+    /// hooks/job-completed.sh): reports the end of the job; never fails it.
+    JobCompleted,
 }
 
 /// Runs a hook; returns the process's exit code.
 pub async fn run(command: HookCommand) -> i32 {
     match command {
         HookCommand::Container => container().await,
+        HookCommand::JobStarted => job::started().await,
+        HookCommand::JobCompleted => job::completed().await,
     }
 }
 
@@ -40,6 +53,8 @@ pub async fn run(command: HookCommand) -> i32 {
 const MAX_INPUT: usize = proxy_runner_domain::container_hooks::limits::INPUT_BYTES;
 /// Largest JSON answer (prepare, clean-up, errors) read from the orchestrator.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// Largest error answer read (its start is shown).
+const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Largest line of a step's output stream (a base64 chunk).
 const MAX_STREAM_LINE: usize = 16 * 1024 * 1024;
 /// Tries of a call that failed with no answer or a 5xx answer.
@@ -90,17 +105,41 @@ impl Command {
         }
     }
 
-    /// How long one try may take, and all tries together. Preparing may
-    /// pull images; a step's budget covers only the wait for its stream.
-    fn timeouts(self) -> (Duration, Duration) {
-        match self {
+    /// How the call is made: how long one try may take, and all tries
+    /// together. Preparing may pull images; a step's budget covers only the
+    /// wait for its stream.
+    fn call(self) -> Call {
+        let (per_try, overall) = match self {
             Command::PrepareJob => (Duration::from_secs(300), Duration::from_secs(600)),
             Command::CleanupJob => (Duration::from_secs(120), Duration::from_secs(180)),
             Command::RunScriptStep | Command::RunContainerStep => {
                 (Duration::from_secs(120), Duration::from_secs(300))
             }
+        };
+        Call {
+            hook: self.name(),
+            path: self.path().to_string(),
+            per_try,
+            overall,
+            attempts: ATTEMPTS,
+            first_backoff: FIRST_BACKOFF,
         }
     }
+}
+
+/// One call to the orchestrator and how it is tried again.
+struct Call {
+    /// The hook's name in reports and messages (`job_started`, `prepare_job`...).
+    hook: &'static str,
+    /// Path and query under the orchestrator's URL.
+    path: String,
+    /// How long one try may wait for the answer's head.
+    per_try: Duration,
+    /// How long all tries together may take.
+    overall: Duration,
+    attempts: u32,
+    /// First pause between tries; it doubles (with jitter) up to 4 s.
+    first_backoff: Duration,
 }
 
 /// Why the hook failed: the text of its one `::error::` line.
@@ -120,17 +159,16 @@ struct Input {
     state: Value,
 }
 
-/// What the hook knows from its environment.
-struct Settings {
+/// Where the hooks call, from their environment.
+struct Endpoint {
     /// Base URL without a trailing slash.
     url: String,
     /// The URL without any user:password part, for messages.
     shown_url: String,
     token: String,
-    runner_name: String,
     /// Where calls that never reached the orchestrator are noted until a
     /// later call reports them (`PROXY_RUNNER_HOOK_REPORT`, set by the
-    /// supervisor; the job hooks note theirs there too).
+    /// supervisor; every hook notes its own there).
     report_file: Option<std::path::PathBuf>,
 }
 
@@ -159,6 +197,19 @@ struct Output {
 }
 
 impl Output {
+    /// The process's stdout and stderr; the orchestrator token and a
+    /// password in its URL are secrets from the start, whatever fails first.
+    fn new() -> Output {
+        let mut secrets: Vec<String> = token_from_env().into_iter().collect();
+        secrets.extend(url_from_env().as_deref().and_then(url_password));
+        Output {
+            stdout: tokio::io::stdout(),
+            stderr: tokio::io::stderr(),
+            at_line_start: true,
+            secrets: Secrets(secrets),
+        }
+    }
+
     async fn stdout(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if let Some(last) = bytes.last() {
             self.at_line_start = *last == b'\n';
@@ -189,6 +240,18 @@ impl Output {
             .await;
         EXIT_FAILURE
     }
+
+    /// A `::warning::` line.
+    async fn warn(&mut self, text: &str) {
+        let message = escape_command_data(&self.secrets.redact(text));
+        self.line(&format!("::warning::proxy-runner: {message}"))
+            .await;
+    }
+
+    async fn flush(&mut self) {
+        let _ = self.stdout.flush().await;
+        let _ = self.stderr.flush().await;
+    }
 }
 
 /// Control characters (line breaks included) become spaces; long texts are cut.
@@ -212,22 +275,12 @@ fn escape_command_data(text: &str) -> String {
 }
 
 async fn container() -> i32 {
-    let mut out = Output {
-        stdout: tokio::io::stdout(),
-        stderr: tokio::io::stderr(),
-        at_line_start: true,
-        secrets: Secrets(Vec::new()),
-    };
-    // The token is a secret from the start, whatever fails first.
-    if let Some(token) = token_from_env() {
-        out.secrets.0.push(token);
-    }
+    let mut out = Output::new();
     let code = match container_call(&mut out).await {
         Ok(code) => code,
         Err(failure) => out.fail(failure).await,
     };
-    let _ = out.stdout.flush().await;
-    let _ = out.stderr.flush().await;
+    out.flush().await;
     code
 }
 
@@ -235,26 +288,16 @@ async fn container_call(out: &mut Output) -> Result<i32, Failure> {
     let line = read_input(&mut tokio::io::stdin()).await?;
     let input = parse_input(&line)?;
     collect_passwords(&input.args, &mut out.secrets.0);
-    let settings = settings_from_env()?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_keepalive(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("proxy-runner-hook/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {}", e.without_url()))?;
-    // Failures noted earlier (by this hook or the job hooks) go with this call.
-    let pending = settings
-        .report_file
-        .as_deref()
-        .and_then(|path| std::fs::read_to_string(path).ok())
-        .map(|text| HookReport::parse(&text))
-        .unwrap_or_default();
-    let client = Client {
-        http,
-        settings,
+    let endpoint = endpoint_from_env()?;
+    let runner_name = std::env::var("RUNNER_NAME")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .ok_or("RUNNER_NAME is not set in the runner's environment")?;
+    let client = ContainerClient {
+        client: Client::new(endpoint)?,
         command: input.command,
-        report: std::sync::Mutex::new(pending),
+        runner_name,
     };
     match input.command {
         Command::PrepareJob => prepare_job(&client, &input, out).await,
@@ -271,32 +314,35 @@ fn token_from_env() -> Option<String> {
         .find(|t| !t.is_empty())
 }
 
-fn settings_from_env() -> Result<Settings, Failure> {
-    let url = std::env::var("ORCHESTRATOR_URL")
+/// `ORCHESTRATOR_URL` without a trailing slash, if set.
+fn url_from_env() -> Option<String> {
+    std::env::var("ORCHESTRATOR_URL")
         .ok()
         .map(|u| u.trim().trim_end_matches('/').to_string())
         .filter(|u| !u.is_empty())
-        .ok_or("ORCHESTRATOR_URL is not set in the runner's environment")?;
+}
+
+fn endpoint_from_env() -> Result<Endpoint, Failure> {
+    let url = url_from_env().ok_or("ORCHESTRATOR_URL is not set in the runner's environment")?;
+    let token = token_from_env().ok_or(
+        "no orchestrator token: PROXY_RUNNER_TOKEN (or RUNNER_TOKEN) is not set in the runner's environment",
+    )?;
+    endpoint(url, token)
+}
+
+/// The endpoint of a URL and token the hook found; the URL must be http(s).
+fn endpoint(url: String, token: String) -> Result<Endpoint, Failure> {
     let shown_url = without_userinfo(&url);
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!("ORCHESTRATOR_URL {shown_url:?} is not an http(s) URL").into());
     }
-    let token = token_from_env().ok_or(
-        "no orchestrator token: PROXY_RUNNER_TOKEN (or RUNNER_TOKEN) is not set in the runner's environment",
-    )?;
-    let runner_name = std::env::var("RUNNER_NAME")
-        .ok()
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty())
-        .ok_or("RUNNER_NAME is not set in the runner's environment")?;
     let report_file = std::env::var_os("PROXY_RUNNER_HOOK_REPORT")
         .filter(|p| !p.is_empty())
         .map(std::path::PathBuf::from);
-    Ok(Settings {
+    Ok(Endpoint {
         url,
         shown_url,
         token,
-        runner_name,
         report_file,
     })
 }
@@ -311,6 +357,15 @@ fn without_userinfo(url: &str) -> String {
         Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
         None => url.to_string(),
     }
+}
+
+/// The password of `scheme://user:password@host/...`, if any.
+fn url_password(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_string())
 }
 
 /// One line from stdin, at most [`MAX_INPUT`] bytes.
@@ -399,10 +454,11 @@ fn collect_passwords(value: &Value, into: &mut Vec<String>) {
     }
 }
 
+/// The hooks' HTTP client: one endpoint, tries again with backoff, and
+/// notes and reports the calls and tries that got no answer.
 struct Client {
     http: reqwest::Client,
-    settings: Settings,
-    command: Command,
+    endpoint: Endpoint,
     /// Failures not yet reported, and this call's tries without an answer.
     report: std::sync::Mutex<HookReport>,
 }
@@ -468,46 +524,115 @@ impl HookReport {
 
 /// The outcome of one try.
 enum Attempt {
+    /// A final answer: anything but a 5xx.
     Answer(reqwest::Response),
-    /// Worth another try (no answer, timeout, 5xx), with the reason and
-    /// whether the orchestrator answered at all.
-    Retry {
-        reason: String,
-        answered: bool,
+    /// A 5xx answer, worth another try: its status and (the start of) its body.
+    ServerError {
+        status: reqwest::StatusCode,
+        body: Vec<u8>,
     },
+    /// No answer, worth another try.
+    NoAnswer(NoAnswer),
+}
+
+/// Why a try got no answer.
+enum NoAnswer {
+    /// The answer's head did not come in time.
+    Timeout(Duration),
+    /// Cannot connect, or the connection broke: the transport's reason.
+    Transport(String),
+}
+
+impl NoAnswer {
+    /// The reason after "cannot reach the orchestrator at URL: ".
+    fn cause(&self) -> String {
+        match self {
+            NoAnswer::Timeout(limit) => format!("no answer within {}s", limit.as_secs()),
+            NoAnswer::Transport(reason) => reason.clone(),
+        }
+    }
+}
+
+/// What a call came to after its tries.
+enum Reply {
+    /// A final answer: 2xx, 3xx or 4xx.
+    Answer(reqwest::Response),
+    /// The last try was answered with a 5xx.
+    ServerError {
+        status: reqwest::StatusCode,
+        body: Vec<u8>,
+        tries: u32,
+    },
+    /// No try was answered, for the last try's reason.
+    Unreached { last: NoAnswer, tries: u32 },
 }
 
 impl Client {
-    /// POSTs the call, trying again (exponential backoff with jitter) while
-    /// the orchestrator cannot be reached or answers 5xx. Returns a 2xx
-    /// answer; 4xx answers are final.
-    async fn post(&self, body: &Value) -> Result<reqwest::Response, Failure> {
-        let (per_try, overall) = self.command.timeouts();
+    /// A client for `endpoint`; failures noted earlier (by any hook) go
+    /// with its next call.
+    fn new(endpoint: Endpoint) -> Result<Client, Failure> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_keepalive(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("proxy-runner-hook/", env!("CARGO_PKG_VERSION")));
+        if endpoint.url.starts_with("http://") {
+            // No TLS on this endpoint: the system's root certificates are
+            // not read and parsed, which would lengthen every hook's start.
+            builder = builder.tls_certs_only([]);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {}", e.without_url()))?;
+        let pending = endpoint
+            .report_file
+            .as_deref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .map(|text| HookReport::parse(&text))
+            .unwrap_or_default();
+        Ok(Client {
+            http,
+            endpoint,
+            report: std::sync::Mutex::new(pending),
+        })
+    }
+
+    /// POSTs the call (`body` as JSON, or no body), trying again
+    /// (exponential backoff with jitter) while the orchestrator cannot be
+    /// reached or answers 5xx.
+    async fn send(&self, call: &Call, body: Option<&Value>) -> Reply {
         let started = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = call.first_backoff;
         let mut attempt = 1;
         // Whether any try got an answer (then the call was not unreached).
         let mut reached = false;
         loop {
-            let left = overall.saturating_sub(started.elapsed());
-            let reason = match self.try_once(body, per_try.min(left)).await? {
-                Attempt::Answer(response) => return Ok(response),
-                Attempt::Retry { reason, answered } => {
-                    if answered {
-                        reached = true;
-                    } else {
-                        self.note(self.command.name(), "connection_failure");
+            let left = call.overall.saturating_sub(started.elapsed());
+            let last = match self.try_once(call, body, call.per_try.min(left)).await {
+                Attempt::Answer(response) => return Reply::Answer(response),
+                Attempt::ServerError { status, body } => {
+                    reached = true;
+                    Reply::ServerError {
+                        status,
+                        body,
+                        tries: attempt,
                     }
-                    reason
+                }
+                Attempt::NoAnswer(last) => {
+                    self.note(call.hook, "connection_failure");
+                    Reply::Unreached {
+                        last,
+                        tries: attempt,
+                    }
                 }
             };
             let pause = jitter(backoff);
-            if attempt >= ATTEMPTS || started.elapsed() + pause >= overall {
+            if attempt >= call.attempts || started.elapsed() + pause >= call.overall {
                 if !reached {
-                    self.note(self.command.name(), "unreached");
+                    self.note(call.hook, "unreached");
                 }
                 self.keep_report();
-                return Err(format!("{reason} (gave up after {attempt} tries)").into());
+                return last;
             }
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(Duration::from_secs(4));
@@ -522,7 +647,7 @@ impl Client {
     /// Notes the unreported failures for a later call (best effort: a
     /// report is advisory).
     fn keep_report(&self) {
-        let Some(path) = &self.settings.report_file else {
+        let Some(path) = &self.endpoint.report_file else {
             return;
         };
         let report = proxy_runner_domain::sync::lock(&self.report).clone();
@@ -536,18 +661,17 @@ impl Client {
             return;
         }
         *report = HookReport::default();
-        if let Some(path) = &self.settings.report_file {
+        if let Some(path) = &self.endpoint.report_file {
             let _ = std::fs::write(path, "");
         }
     }
 
-    async fn try_once(&self, body: &Value, timeout: Duration) -> Result<Attempt, Failure> {
-        let url = format!("{}{}", self.settings.url, self.command.path());
-        let mut request = self
-            .http
-            .post(url)
-            .bearer_auth(&self.settings.token)
-            .json(body);
+    async fn try_once(&self, call: &Call, body: Option<&Value>, timeout: Duration) -> Attempt {
+        let url = format!("{}{}", self.endpoint.url, call.path);
+        let mut request = self.http.post(url).bearer_auth(&self.endpoint.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         let report = proxy_runner_domain::sync::lock(&self.report).header();
         if !report.is_empty() {
             request = request.header("X-Proxy-Runner-Hook-Report", report);
@@ -555,26 +679,9 @@ impl Client {
         // Only the wait for the answer's head is bounded here: a step's
         // stream may then run for hours.
         let response = match tokio::time::timeout(timeout, request.send()).await {
-            Err(_) => {
-                return Ok(Attempt::Retry {
-                    reason: format!(
-                        "the orchestrator at {} did not answer {} within {}s",
-                        self.settings.shown_url,
-                        self.command.name(),
-                        timeout.as_secs()
-                    ),
-                    answered: false,
-                });
-            }
+            Err(_) => return Attempt::NoAnswer(NoAnswer::Timeout(timeout)),
             Ok(Err(e)) => {
-                return Ok(Attempt::Retry {
-                    reason: format!(
-                        "cannot reach the orchestrator at {}: {}",
-                        self.settings.shown_url,
-                        error_chain(&e.without_url())
-                    ),
-                    answered: false,
-                });
+                return Attempt::NoAnswer(NoAnswer::Transport(error_chain(&e.without_url())));
             }
             Ok(Ok(response)) => response,
         };
@@ -582,38 +689,86 @@ impl Client {
         if status != reqwest::StatusCode::UNAUTHORIZED {
             self.report_delivered();
         }
-        if status.is_success() {
-            return Ok(Attempt::Answer(response));
-        }
-        let detail = error_detail(response).await;
-        let what = format!(
-            "{} (HTTP {}{})",
-            self.command.name(),
-            status.as_u16(),
-            if detail.is_empty() {
-                String::new()
-            } else {
-                format!(": {detail}")
-            }
-        );
         if status.is_server_error() {
-            return Ok(Attempt::Retry {
-                reason: format!("the orchestrator failed {what}"),
-                answered: true,
-            });
+            let body = read_capped(response, MAX_ERROR_BODY)
+                .await
+                .unwrap_or_default();
+            return Attempt::ServerError { status, body };
         }
-        let hint = match status.as_u16() {
-            401 => " - is the runner's orchestrator token valid?",
-            403 => " - the job belongs to another runner",
-            404 => " - no such job (unknown or finished)",
-            _ => "",
+        Attempt::Answer(response)
+    }
+}
+
+/// A container hook's call: the runner's command for one runner.
+struct ContainerClient {
+    client: Client,
+    command: Command,
+    runner_name: String,
+}
+
+impl ContainerClient {
+    /// POSTs the call; returns a 2xx answer. 4xx answers are final.
+    async fn post(&self, body: &Value) -> Result<reqwest::Response, Failure> {
+        let name = self.command.name();
+        let what = |status: reqwest::StatusCode, body: &[u8]| {
+            let detail = error_detail(body);
+            format!(
+                "{name} (HTTP {}{})",
+                status.as_u16(),
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                }
+            )
         };
-        Err(format!("the orchestrator refused {what}{hint}").into())
+        match self.client.send(&self.command.call(), Some(body)).await {
+            Reply::Answer(response) if response.status().is_success() => Ok(response),
+            Reply::Answer(response) => {
+                let status = response.status();
+                let body = read_capped(response, MAX_ERROR_BODY)
+                    .await
+                    .unwrap_or_default();
+                let hint = match status.as_u16() {
+                    401 => " - is the runner's orchestrator token valid?",
+                    403 => " - the job belongs to another runner",
+                    404 => " - no such job (unknown or finished)",
+                    _ => "",
+                };
+                Err(format!("the orchestrator refused {}{hint}", what(status, &body)).into())
+            }
+            Reply::ServerError {
+                status,
+                body,
+                tries,
+            } => Err(format!(
+                "the orchestrator failed {} (gave up after {tries} tries)",
+                what(status, &body)
+            )
+            .into()),
+            Reply::Unreached {
+                last: NoAnswer::Timeout(limit),
+                tries,
+            } => Err(format!(
+                "the orchestrator at {} did not answer {name} within {}s (gave up after {tries} tries)",
+                self.client.endpoint.shown_url,
+                limit.as_secs()
+            )
+            .into()),
+            Reply::Unreached {
+                last: NoAnswer::Transport(reason),
+                tries,
+            } => Err(format!(
+                "cannot reach the orchestrator at {}: {reason} (gave up after {tries} tries)",
+                self.client.endpoint.shown_url
+            )
+            .into()),
+        }
     }
 
     fn call_body(&self, input: &Input) -> Value {
         let mut body = Map::new();
-        body.insert("runnerName".into(), json!(self.settings.runner_name));
+        body.insert("runnerName".into(), json!(self.runner_name));
         if self.command != Command::CleanupJob {
             body.insert("args".into(), input.args.clone());
         }
@@ -644,11 +799,8 @@ fn jitter(base: Duration) -> Duration {
 }
 
 /// `code: message` of the contract's error body, else the start of the body.
-async fn error_detail(response: reqwest::Response) -> String {
-    let Ok(bytes) = read_capped(response, 64 * 1024).await else {
-        return String::new();
-    };
-    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+fn error_detail(body: &[u8]) -> String {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
     match parsed.as_ref().map(|v| &v["error"]) {
         Some(Value::Object(error)) => {
             let code = error.get("code").and_then(Value::as_str).unwrap_or("");
@@ -659,7 +811,7 @@ async fn error_detail(response: reqwest::Response) -> String {
                 _ => message.to_string(),
             }
         }
-        _ => String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+        _ => String::from_utf8_lossy(body).chars().take(300).collect(),
     }
 }
 
@@ -679,7 +831,10 @@ async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<
     Ok(body)
 }
 
-async fn json_answer(client: &Client, response: reqwest::Response) -> Result<Value, Failure> {
+async fn json_answer(
+    client: &ContainerClient,
+    response: reqwest::Response,
+) -> Result<Value, Failure> {
     let name = client.command.name();
     let bytes = read_capped(response, MAX_ANSWER)
         .await
@@ -688,7 +843,11 @@ async fn json_answer(client: &Client, response: reqwest::Response) -> Result<Val
         .map_err(|_| format!("the orchestrator's answer to {name} is not JSON").into())
 }
 
-async fn prepare_job(client: &Client, input: &Input, out: &mut Output) -> Result<i32, Failure> {
+async fn prepare_job(
+    client: &ContainerClient,
+    input: &Input,
+    out: &mut Output,
+) -> Result<i32, Failure> {
     let response = client.post(&client.call_body(input)).await?;
     let answer = json_answer(client, response).await?;
     let Some(Value::Object(prepared)) = answer.get("response") else {
@@ -719,7 +878,11 @@ fn write_response(path: &Path, content: &Value) -> Result<(), Failure> {
         .map_err(|e| format!("cannot write the response file {}: {e}", path.display()).into())
 }
 
-async fn cleanup_job(client: &Client, input: &Input, out: &mut Output) -> Result<i32, Failure> {
+async fn cleanup_job(
+    client: &ContainerClient,
+    input: &Input,
+    out: &mut Output,
+) -> Result<i32, Failure> {
     let response = client.post(&client.call_body(input)).await?;
     let answer = json_answer(client, response).await?;
     let removed = answer.get("removed").and_then(Value::as_u64).unwrap_or(0);
@@ -734,7 +897,11 @@ async fn cleanup_job(client: &Client, input: &Input, out: &mut Output) -> Result
 /// A step: its output is written as it arrives; the hook exits with the
 /// step's exit code. The call is tried again only before any of the
 /// stream arrived: a step never runs twice.
-async fn run_step(client: &Client, input: &Input, out: &mut Output) -> Result<i32, Failure> {
+async fn run_step(
+    client: &ContainerClient,
+    input: &Input,
+    out: &mut Output,
+) -> Result<i32, Failure> {
     let mut response = client.post(&client.call_body(input)).await?;
     let content_type = response
         .headers()
@@ -841,6 +1008,12 @@ mod tests {
         assert_eq!(without_userinfo("https://u:p@h:1/x"), "https://h:1/x");
         assert_eq!(without_userinfo("http://h/a@b"), "http://h/a@b");
         assert_eq!(without_userinfo("http://h"), "http://h");
+        assert_eq!(
+            url_password("https://u:p@ss@h:1/x").as_deref(),
+            Some("p@ss")
+        );
+        assert_eq!(url_password("https://u@h/x"), None);
+        assert_eq!(url_password("http://h/a:b@c"), None);
     }
 
     #[test]

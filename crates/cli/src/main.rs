@@ -69,7 +69,8 @@ enum Command {
     Emulator(emulator::EmulatorArgs),
     /// Stand in for the actions runner inside a job container: take one job and run its steps.
     SimRunner(sim_runner::SimRunnerArgs),
-    /// Hooks the actions runner calls (ACTIONS_RUNNER_CONTAINER_HOOKS).
+    /// Hooks the actions runner calls (ACTIONS_RUNNER_CONTAINER_HOOKS,
+    /// ACTIONS_RUNNER_HOOK_JOB_STARTED, ACTIONS_RUNNER_HOOK_JOB_COMPLETED).
     #[command(subcommand)]
     Hook(hook::HookCommand),
     /// Supervise proxy runner listeners: every job they take runs in a
@@ -125,10 +126,14 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A hook runs before or during every job: one thread starts faster than
+    // a pool, and a hook makes one call at a time.
+    let mut builder = if matches!(cli.command, Command::Hook(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
