@@ -11,8 +11,10 @@ use proxy_runner_webhooks::{
 };
 use secrecy::SecretString;
 
-/// Longest error message: errors name the problem, they do not echo the body.
-const MAX_ERROR_LEN: usize = 400;
+/// Longest error message: errors name the problem, they do not echo the
+/// body. A bad repository name is quoted cut to 120 characters, each
+/// escaped to at most 10 bytes (`\u{10ffff}`).
+const MAX_ERROR_LEN: usize = 100 + 120 * 10;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
