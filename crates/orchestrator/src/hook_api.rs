@@ -91,7 +91,13 @@ async fn read(
         ApiError::unavailable("the proxy path is off: configure a [proxy] section")
     })?;
     let body = body.read().await?;
-    let mut obj = json_object(&body)?;
+    Ok((proxy, who, parse_hook_request(&body, args_required)?))
+}
+
+/// Reads a hook route's body `{runnerName, args, state}`; `args` is checked
+/// to be an object here and parsed by the use case.
+pub fn parse_hook_request(body: &[u8], args_required: bool) -> ApiResult<HookRequest> {
+    let mut obj = json_object(body)?;
     // The runner name meets the rule it met when the job was delegated.
     let runner_name = Fields::new(&obj, "")
         .identifier("runnerName", MAX_IDENTIFIER_LEN)?
@@ -103,16 +109,12 @@ async fn read(
         Some(v @ Value::Object(_)) => v,
         Some(_) => return Err(ApiError::invalid("args", "must be an object")),
     };
-    let hook_state = obj.remove("state").unwrap_or(Value::Null);
-    Ok((
-        proxy,
-        who,
-        HookRequest {
-            runner_name,
-            args,
-            state: hook_state,
-        },
-    ))
+    let state = obj.remove("state").unwrap_or(Value::Null);
+    Ok(HookRequest {
+        runner_name,
+        args,
+        state,
+    })
 }
 
 async fn prepare_job(

@@ -30,10 +30,17 @@ impl Secret {
     pub fn get(&self) -> Option<&SecretString> {
         self.0.as_ref()
     }
+    fn is_unset(&self) -> bool {
+        self.0.is_none()
+    }
     fn masked(&self) -> &'static str {
-        if self.is_set() { "***" } else { "(not set)" }
+        if self.is_set() { MASKED } else { "(not set)" }
     }
 }
+
+/// What a set secret renders as. Refused as a secret's value: a rendered
+/// configuration used as a file would otherwise make it the secret.
+const MASKED: &str = "***";
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -44,6 +51,11 @@ impl fmt::Debug for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
+        if s == MASKED || s == "(not set)" {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is how a rendered configuration masks a secret, not a secret"
+            )));
+        }
         Ok(if s.is_empty() {
             Secret(None)
         } else {
@@ -96,6 +108,7 @@ pub struct Config {
     pub database: PathBuf,
     pub backend: BackendKind,
     /// Admin bearer token for the HTTP API. Without one, admin calls are refused.
+    #[serde(skip_serializing_if = "Secret::is_unset")]
     pub admin_token: Secret,
     /// Value of the `proxy-runner.instance` label on everything we create, so
     /// that several orchestrators can share one engine.
@@ -138,10 +151,12 @@ pub struct GitHubSection {
     /// Web base runners are configured against (`--url`): `https://github.com`.
     pub web_url: String,
     /// A personal access token (repo / admin:org scope).
+    #[serde(skip_serializing_if = "Secret::is_unset")]
     pub token: Secret,
     /// GitHub App id; with `private_key_path`, used instead of `token`.
     pub app_id: Option<u64>,
     pub private_key_path: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Secret::is_unset")]
     pub webhook_secret: Secret,
     pub registration: Registration,
     pub runner_group_id: u64,
@@ -382,14 +397,27 @@ impl Config {
         env: &dyn EnvSource,
         flags: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let mut config = match file {
+        match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                Config::from_toml(&text, path)?
+                Config::from_sources(Some((&text, path)), env, flags)
             }
+            None => Config::from_sources(None, env, flags),
+        }
+    }
+
+    /// [`Config::load`] with the file's text already read: defaults, then
+    /// `file` (text and the path it came from), then `env`, then `flags`.
+    pub fn from_sources(
+        file: Option<(&str, &Path)>,
+        env: &dyn EnvSource,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some((text, path)) => Config::from_toml(text, path)?,
             None => Config::default(),
         };
         config.apply_env(env)?;

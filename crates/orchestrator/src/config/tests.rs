@@ -117,3 +117,27 @@ fn label_sets_with_their_own_hardening() {
         "unset hardening fields keep their hardened default"
     );
 }
+
+/// Found by the `config_file` fuzz target: the rendering showed unset
+/// secrets as "(not set)" and set ones as "***", and a rendering used as a
+/// file took those texts as the secrets.
+#[test]
+fn a_rendered_configuration_sets_no_secret_by_its_placeholders() {
+    let unset = Config::default();
+    let shown = unset.to_masked_toml();
+    assert!(!shown.contains("(not set)"), "{shown}");
+    let again = Config::from_toml(&shown, Path::new("shown.toml")).unwrap();
+    assert!(!again.admin_token.is_set() && !again.github.token.is_set());
+    assert!(!again.github.webhook_secret.is_set());
+    assert_eq!(again.to_masked_toml(), shown);
+
+    let file = write("admin_token = \"admin-SECRET\"\n[github]\ntoken = \"gh-SECRET\"\n");
+    let set = Config::load(Some(file.path()), &env(&[]), &Overrides::default()).unwrap();
+    let err = Config::from_toml(&set.to_masked_toml(), Path::new("shown.toml")).unwrap_err();
+    assert!(err.to_string().contains("masks a secret"), "{err}");
+    for placeholder in ["***", "(not set)"] {
+        let text = format!("[github]\nwebhook_secret = {placeholder:?}\n");
+        let err = Config::from_toml(&text, Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("masks a secret"), "{err}");
+    }
+}

@@ -183,7 +183,9 @@ fn state_job_id(state: &Value) -> Result<Option<Uuid>, ProxyError> {
     Ok(hook_state(state)?.map(|s| s.job_id))
 }
 
-fn hook_state(state: &Value) -> Result<Option<HookState>, ProxyError> {
+/// The hook's `state` read back as the one `prepare` returned; null or `{}`
+/// is no state yet.
+pub fn hook_state(state: &Value) -> Result<Option<HookState>, ProxyError> {
     match state {
         Value::Null => Ok(None),
         Value::Object(map) if map.is_empty() => Ok(None),
