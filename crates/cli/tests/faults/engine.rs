@@ -54,14 +54,14 @@ fn setup(image: String, proxy: &EngineProxy, max_attempts: u32) -> Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_missing_image_fails_the_jobs_with_the_reason_and_leaves_nothing() {
-    if engine_and_image().await.is_none() {
+    let Some(image) = engine_and_image().await else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let proxy = EngineProxy::start(dir.path());
     let missing = "proxy-runner-no-such-image:faults";
     let world = World::start(setup(missing.into(), &proxy, 5)).await;
-    let events = EngineEvents::follow(&world.instance).await;
+    let events = EngineEvents::follow(&world.instance, &image).await;
     let ids = world.queue(3, STEPS).await;
 
     let jobs = await_final(&world, &ids, Duration::from_secs(120)).await;
@@ -101,8 +101,8 @@ async fn failing_creates_are_retried_within_the_budget_and_fail_with_the_reason_
     let dir = tempfile::tempdir().unwrap();
     let proxy = EngineProxy::start(dir.path());
     let max_attempts = 3;
-    let world = World::start(setup(image, &proxy, max_attempts)).await;
-    let events = EngineEvents::follow(&world.instance).await;
+    let world = World::start(setup(image.clone(), &proxy, max_attempts)).await;
+    let events = EngineEvents::follow(&world.instance, &image).await;
 
     // Part 1: the next creates fail, fewer than the jobs' budget: every job
     // is retried (each failure uses an attempt) and completes.
@@ -162,8 +162,8 @@ async fn an_unreachable_engine_makes_jobs_wait_and_all_complete_after_it_returns
     };
     let dir = tempfile::tempdir().unwrap();
     let proxy = EngineProxy::start(dir.path());
-    let world = World::start(setup(image, &proxy, 5)).await;
-    let events = EngineEvents::follow(&world.instance).await;
+    let world = World::start(setup(image.clone(), &proxy, 5)).await;
+    let events = EngineEvents::follow(&world.instance, &image).await;
     let (jobs, outage) = if crate::full_size() {
         (40, Duration::from_secs(10))
     } else {

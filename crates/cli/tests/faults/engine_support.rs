@@ -180,7 +180,7 @@ impl World {
         let gateway = bridge_gateway();
         let emulator_port = free_port(&gateway);
         let log = dir.path().join("emulator.log");
-        let mut child = Command::new(binary())
+        let child = Command::new(binary())
             .args([
                 "emulator",
                 "--listen",
@@ -195,8 +195,8 @@ impl World {
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .spawn()
             .unwrap();
-        let emulator_url = first_line_after(&mut child, "emulator listening on ", &log);
-        let emulator = Process { child };
+        let mut emulator = Process { child };
+        let emulator_url = first_line_after(&mut emulator.child, "emulator listening on ", &log);
 
         let port = free_port("127.0.0.1");
         let config = dir.path().join("orchestrator.toml");
@@ -286,14 +286,13 @@ max_attempts = {max_attempts}
         if let Some(host) = &self.docker_host {
             cmd.env("DOCKER_HOST", host);
         }
-        let mut child = cmd.spawn().unwrap();
-        let url = first_line_after(&mut child, "listening on ", &log_path);
-        assert_eq!(
-            format!("http://{url}"),
-            self.url,
-            "same port after a restart"
-        );
-        self.orchestrator = Some(Process { child });
+        // Owned at once: a failed check below must not leave it running.
+        let mut process = Process {
+            child: cmd.spawn().unwrap(),
+        };
+        let url = first_line_after(&mut process.child, "listening on ", &log_path);
+        assert_eq!(url, self.url, "same port after a restart");
+        self.orchestrator = Some(process);
     }
 
     /// SIGKILL: no shutdown path runs.
@@ -470,6 +469,23 @@ max_attempts = {max_attempts}
     }
 }
 
+/// A one-line count of the jobs by state, in the emulator and in our store.
+pub async fn progress(world: &World) -> String {
+    let mut at_github: BTreeMap<String, usize> = BTreeMap::new();
+    for j in world.emulator_jobs().await.values() {
+        *at_github
+            .entry(j["status"].as_str().unwrap_or("?").to_string())
+            .or_insert(0) += 1;
+    }
+    let mut ours: BTreeMap<String, usize> = BTreeMap::new();
+    for j in world.store_jobs().await.unwrap_or_default() {
+        *ours
+            .entry(j["status"].as_str().unwrap_or("?").to_string())
+            .or_insert(0) += 1;
+    }
+    format!("GitHub {at_github:?}, ours {ours:?}")
+}
+
 /// Whether a job of ours is final.
 pub fn is_final(job: &Value) -> bool {
     matches!(
@@ -496,7 +512,8 @@ pub struct EngineEvents {
 }
 
 impl EngineEvents {
-    pub async fn follow(instance: &str) -> EngineEvents {
+    /// `image` is an image the engine has (for a probe container).
+    pub async fn follow(instance: &str, image: &str) -> EngineEvents {
         let mut child = tokio::process::Command::new("docker")
             .args([
                 "events",
@@ -529,31 +546,28 @@ impl EngineEvents {
             }
         });
         // The stream is subscribed once the CLI has connected; an event of
-        // our own proves it.
-        let probe = format!(
-            "faults-probe-{}",
-            &uuid::Uuid::now_v7().simple().to_string()[20..]
-        );
+        // our own proves it (network events carry no labels to filter on).
         let label = format!("proxy-runner.instance={instance}");
         let probe_events = events.clone();
         await_some("the engine's event stream", Duration::from_secs(60), || {
-            let probe = probe.clone();
             let label = label.clone();
             let probe_events = probe_events.clone();
             async move {
-                let _ = tokio::process::Command::new("docker")
-                    .args(["network", "create", "--label", &label, &probe])
+                let out = tokio::process::Command::new("docker")
+                    .args(["create", "--label", &label, image, "true"])
                     .output()
-                    .await;
+                    .await
+                    .unwrap();
+                let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 let _ = tokio::process::Command::new("docker")
-                    .args(["network", "rm", &probe])
+                    .args(["rm", "-f", &id])
                     .output()
                     .await;
                 let seen = probe_events
                     .lock()
                     .unwrap()
                     .iter()
-                    .any(|e| e.kind == "network");
+                    .any(|e| e.kind == "container");
                 seen.then_some(())
             }
         })

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::engine_support::{
     EngineEvents, Setup, World, await_some, duplicate_containers, engine_and_image, is_final,
+    progress,
 };
 
 /// Statuses of our jobs by id, or None while the orchestrator is down.
@@ -49,7 +50,7 @@ async fn killing_the_orchestrator_mid_burst_loses_duplicates_and_orphans_nothing
 
     let started = Instant::now();
     let mut world = World::start(Setup {
-        image,
+        image: image.clone(),
         repos: 4,
         max_concurrent: 8,
         max_per_repository: 4,
@@ -57,7 +58,7 @@ async fn killing_the_orchestrator_mid_burst_loses_duplicates_and_orphans_nothing
         docker_host: None,
     })
     .await;
-    let events = EngineEvents::follow(&world.instance).await;
+    let events = EngineEvents::follow(&world.instance, &image).await;
     let ids = world.queue(jobs, &["echo step one", "true"]).await;
     println!("queued {jobs} jobs at {:?}", started.elapsed());
 
@@ -113,10 +114,18 @@ async fn killing_the_orchestrator_mid_burst_loses_duplicates_and_orphans_nothing
 
     // Every job final, in the emulator and in our store.
     let limit = Duration::from_secs(if crate::full_size() { 1500 } else { 600 });
+    let mut last_report = Instant::now();
     let store = await_some("every job to be final", limit, || {
         let world = &world;
         let ids = &ids;
+        let report = last_report.elapsed() > Duration::from_secs(15);
+        if report {
+            last_report = Instant::now();
+        }
         async move {
+            if report {
+                println!("{:?}: {}", started.elapsed(), progress(world).await);
+            }
             let emulator = world.emulator_jobs().await;
             let store = world.store_jobs().await?;
             let done = ids.iter().all(|id| {
