@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use proxy_runner_domain::failure::Failure;
 use proxy_runner_domain::ports::{ContainerInfo, JobFilter, labels as label_keys};
-use proxy_runner_domain::runner_plan::runner_of_container;
+use proxy_runner_domain::runner_plan::{runner_of_container, runner_owner};
 use proxy_runner_domain::sync::lock;
 use proxy_runner_domain::{Job, JobStatus};
 use uuid::Uuid;
@@ -106,6 +106,7 @@ impl Autoscaler {
                         self.adopt_unrecorded(job, c).await;
                         continue;
                     }
+                    self.delete_runners_without_container(&job).await;
                     let failure = Failure::Wait("provisioning was interrupted".into());
                     self.provisioning_failed(job, failure).await;
                 }
@@ -138,6 +139,31 @@ impl Autoscaler {
             }
         }
         None
+    }
+
+    /// Runners registered for `job` by provisioning a restart cut off before
+    /// their container was created: no container will ever run them. Busy
+    /// runners are running some job in a container and are left alone.
+    async fn delete_runners_without_container(&self, job: &Job) {
+        let Some(scope) = self.scope_for(&job.repository) else {
+            return;
+        };
+        let Ok(runners) = self.registry.list_runners(&scope).await else {
+            return;
+        };
+        for r in runners
+            .into_iter()
+            .filter(|r| !r.busy && runner_owner(&r.name) == Some(job.id))
+        {
+            match self.registry.delete_runner(&scope, r.id).await {
+                Ok(()) => {
+                    tracing::info!(job = %job.id, runner = %r.name, "runner of interrupted provisioning deleted")
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, runner = %r.name, error = %e, "cannot delete runner")
+                }
+            }
+        }
     }
 
     /// Records the container as the job's runner instead of starting
