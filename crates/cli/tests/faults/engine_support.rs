@@ -606,6 +606,9 @@ impl EngineEvents {
     }
 }
 
+/// A container's life: its id, creation and end (None: still there).
+type Life<'a> = (&'a str, Instant, Option<Instant>);
+
 /// Containers of one job that lived at the same time while each was serving
 /// that job: a duplicate. A container that ran another job (a hand-off,
 /// `ranInContainerId` of that job) does not serve its own job.
@@ -630,7 +633,7 @@ pub fn duplicate_containers(events: &[EngineEvent], store: &[Value]) -> Vec<Stri
             _ => {}
         }
     }
-    let mut by_job: BTreeMap<&str, Vec<(&str, Instant, Option<Instant>)>> = BTreeMap::new();
+    let mut by_job: BTreeMap<&str, Vec<Life>> = BTreeMap::new();
     for (id, (job, from, to)) in &lives {
         if let Some(job) = job
             && !serving_other
