@@ -60,6 +60,16 @@ pub fn runner_owner(runner_name: &str) -> Option<Uuid> {
     Uuid::parse_str(rest.get(..36)?).ok()
 }
 
+/// The runner in a runner container, from the container's name
+/// (`runner-{job id}{suffix}` runs `ephemeral-{job id}{suffix}`).
+pub fn runner_of_container(container_name: &str) -> Option<String> {
+    let rest = container_name
+        .trim_start_matches('/')
+        .strip_prefix("runner-")?;
+    Uuid::parse_str(rest.get(..36)?).ok()?;
+    Some(format!("ephemeral-{rest}"))
+}
+
 /// Labels on everything created for a repository (networks).
 pub fn repository_labels(repository: &str, instance: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -133,6 +143,21 @@ mod tests {
     use super::*;
     use crate::job::{JobSource, NewJob};
     use crate::ports::EnvValue;
+
+    #[test]
+    fn a_runner_container_names_its_runner() {
+        let id = Uuid::nil();
+        assert_eq!(
+            runner_of_container(&format!("/runner-{id}")),
+            Some(format!("ephemeral-{id}"))
+        );
+        assert_eq!(
+            runner_of_container(&format!("runner-{id}-0a1b2c3d")),
+            Some(format!("ephemeral-{id}-0a1b2c3d"))
+        );
+        assert_eq!(runner_of_container("runner-not-a-job"), None);
+        assert_eq!(runner_of_container(&format!("job-{id}")), None);
+    }
 
     fn job() -> Job {
         NewJob {

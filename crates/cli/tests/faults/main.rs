@@ -7,9 +7,12 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod engine;
+mod engine_support;
 mod github;
 mod github_support;
 mod hostile;
+mod orchestrator_kill;
 
 /// The full sizes (`PROXY_RUNNER_FAULTS=full`), else the reduced CI size.
 pub fn full_size() -> bool {

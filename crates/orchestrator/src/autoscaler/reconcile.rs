@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use proxy_runner_domain::failure::Failure;
 use proxy_runner_domain::ports::{ContainerInfo, JobFilter, labels as label_keys};
+use proxy_runner_domain::runner_plan::{runner_of_container, runner_owner};
 use proxy_runner_domain::sync::lock;
 use proxy_runner_domain::{Job, JobStatus};
 use uuid::Uuid;
@@ -101,6 +102,11 @@ impl Autoscaler {
             }
             match job.container_id.clone() {
                 None => {
+                    if let Some(c) = self.unrecorded_container_of(&job, live).await {
+                        self.adopt_unrecorded(job, c).await;
+                        continue;
+                    }
+                    self.delete_runners_without_container(&job).await;
                     let failure = Failure::Wait("provisioning was interrupted".into());
                     self.provisioning_failed(job, failure).await;
                 }
@@ -109,6 +115,70 @@ impl Autoscaler {
                 }
                 Some(_) => {}
             }
+        }
+    }
+
+    /// A running runner container of `job` that no job records: a restart
+    /// cut its provisioning off after the engine created it and before it
+    /// was recorded. (A container of the job whose runner took another job
+    /// is recorded by that job.)
+    async fn unrecorded_container_of<'a>(
+        &self,
+        job: &Job,
+        live: &'a [ContainerInfo],
+    ) -> Option<&'a ContainerInfo> {
+        let id = job.id.to_string();
+        for c in live.iter().filter(|c| {
+            c.running
+                && !is_proxy_path(c)
+                && c.labels.get(label_keys::JOB_ID) == Some(&id)
+                && runner_of_container(&c.name).is_some()
+        }) {
+            if let Ok(None) = self.store.find_job_ran_in_container(&c.id).await {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Runners registered for `job` by provisioning a restart cut off before
+    /// their container was created: no container will ever run them. Busy
+    /// runners are running some job in a container and are left alone.
+    async fn delete_runners_without_container(&self, job: &Job) {
+        let Some(scope) = self.scope_for(&job.repository) else {
+            return;
+        };
+        let Ok(runners) = self.registry.list_runners(&scope).await else {
+            return;
+        };
+        for r in runners
+            .into_iter()
+            .filter(|r| !r.busy && runner_owner(&r.name) == Some(job.id))
+        {
+            match self.registry.delete_runner(&scope, r.id).await {
+                Ok(()) => {
+                    tracing::info!(job = %job.id, runner = %r.name, "runner of interrupted provisioning deleted")
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, runner = %r.name, error = %e, "cannot delete runner")
+                }
+            }
+        }
+    }
+
+    /// Records the container as the job's runner instead of starting
+    /// another: two runners for one job would both take jobs.
+    async fn adopt_unrecorded(&self, mut job: Job, c: &ContainerInfo) {
+        let Some(runner) = runner_of_container(&c.name) else {
+            return;
+        };
+        job.container_started(c.id.clone(), runner, self.now());
+        match self.save(&mut job, JobStatus::Provisioning).await {
+            Ok(true) => {
+                tracing::info!(job = %job.id, container = %c.id, "unrecorded runner container adopted after a restart")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(job = %job.id, error = %e, "cannot record adopted container"),
         }
     }
 
