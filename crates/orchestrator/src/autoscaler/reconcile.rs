@@ -173,7 +173,7 @@ impl Autoscaler {
             return;
         };
         job.container_started(c.id.clone(), runner, self.now());
-        match self.save(&mut job, JobStatus::Provisioning).await {
+        match self.save(&mut job, JobStatus::Provisioning, &[]).await {
             Ok(true) => {
                 tracing::info!(job = %job.id, container = %c.id, "unrecorded runner container adopted after a restart")
             }
