@@ -9,6 +9,7 @@ use proxy_runner_domain::env_filter::{
 use proxy_runner_domain::labels::Labels;
 use proxy_runner_domain::names::parse_repository;
 use proxy_runner_domain::{JobSource, NewJob};
+use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -386,6 +387,18 @@ pub fn parse_token_request(body: &[u8]) -> Result<String, ApiError> {
     let obj = json_object(body)?;
     let runner = string_field(&obj, "runner", true, MAX_KEY_LEN)?.unwrap_or_default();
     Ok(runner)
+}
+
+/// Longest token value `POST /api/tokens/revoke` accepts (issued ones are
+/// 47 characters).
+const MAX_TOKEN_LEN: usize = 512;
+
+/// Body of `POST /api/tokens/revoke`: `{"token": value}`. The value is a
+/// secret from here on; errors never quote it.
+pub fn parse_token_value(body: &[u8]) -> Result<SecretString, ApiError> {
+    let obj = json_object(body)?;
+    let token = string_field(&obj, "token", true, MAX_TOKEN_LEN)?.unwrap_or_default();
+    Ok(SecretString::from(token))
 }
 
 #[cfg(test)]
