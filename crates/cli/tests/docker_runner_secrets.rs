@@ -144,7 +144,7 @@ fn probe_step(needles: [(&str, &str); 2]) -> String {
 N1="$a1$a2"; N2="$b1$b2"
 hits=0
 check() {{ case "$2" in *"$N1"*|*"$N2"*) echo "HIT $1"; hits=$((hits+1));; esac; }}
-check decoy "x${{N1}}x" && check decoy "y${{N2}}y"
+{{ check decoy "x${{N1}}x"; check decoy "y${{N2}}y"; }} > /dev/null
 [ "$hits" = 2 ] && echo "DETECTOR OK"; hits=0
 check env "$(env)"
 for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do

@@ -451,7 +451,11 @@ fn issue(url: &str, runner: &str) -> (String, String) {
         url,
         Some(ADMIN),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(issued["runner"], runner);
     (
@@ -477,8 +481,14 @@ async fn tokens_issued_from_the_cli_are_listed_and_revoked_by_id_or_by_value() {
     let header = table.lines().next().unwrap();
     assert!(header.starts_with("ID") && header.contains("RUNNER") && header.contains("REVOKED"));
     for (id, runner) in [(&id_a, "proxy-a"), (&id_b, "proxy-b"), (&id_c, "proxy-c")] {
-        let row = table.lines().find(|l| l.starts_with(id.as_str())).expect(id);
-        assert!(row.contains(runner) && row.trim_end().ends_with('-'), "{row}");
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .expect(id);
+        assert!(
+            row.contains(runner) && row.trim_end().ends_with('-'),
+            "{row}"
+        );
     }
     for token in [&token_a, &token_b, &token_c] {
         assert!(!table.contains(token.as_str()), "{table}");
@@ -486,14 +496,39 @@ async fn tokens_issued_from_the_cli_are_listed_and_revoked_by_id_or_by_value() {
 
     // Revoked by id, by value on stdin, by value as an argument.
     let out = cli(&["token", "revoke", &id_a], url, Some(ADMIN));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("revoked {id_a}"));
-    let out = cli_with_stdin(&["token", "revoke", "--stdin"], url, &format!("{token_b}\n"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("revoked {id_b}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("revoked {id_a}")
+    );
+    let out = cli_with_stdin(
+        &["token", "revoke", "--stdin"],
+        url,
+        &format!("{token_b}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("revoked {id_b}")
+    );
     let out = cli(&["token", "revoke", &token_c], url, Some(ADMIN));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("revoked {id_c}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("revoked {id_c}")
+    );
 
     // Revoked tokens no longer authenticate, and are listed as revoked.
     for token in [&token_a, &token_b, &token_c] {
@@ -504,8 +539,15 @@ async fn tokens_issued_from_the_cli_are_listed_and_revoked_by_id_or_by_value() {
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 3);
-    assert!(listed.iter().all(|t| t["revokedAt"].is_string()), "{listed:?}");
-    let out = cli(&["token", "list", "--runner", "proxy-b", "--json"], url, Some(ADMIN));
+    assert!(
+        listed.iter().all(|t| t["revokedAt"].is_string()),
+        "{listed:?}"
+    );
+    let out = cli(
+        &["token", "list", "--runner", "proxy-b", "--json"],
+        url,
+        Some(ADMIN),
+    );
     let of_b: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(of_b.as_array().unwrap().len(), 1);
     assert_eq!(of_b[0]["id"], id_b.as_str());
@@ -514,20 +556,29 @@ async fn tokens_issued_from_the_cli_are_listed_and_revoked_by_id_or_by_value() {
     let out = cli_with_stdin(&["token", "revoke", "--stdin"], url, &token_b);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no active token with this value"), "{stderr}");
+    assert!(
+        stderr.contains("no active token with this value"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(token_b.as_str()), "{stderr}");
     let out = cli_with_stdin(&["token", "revoke", "--stdin"], url, "");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no token on standard input"));
     let out = cli(&["token", "revoke"], url, Some(ADMIN));
-    assert!(!out.status.success(), "an id, a value or --stdin is required");
+    assert!(
+        !out.status.success(),
+        "an id, a value or --stdin is required"
+    );
 
     // The server logged and audited no token value (it traces at TRACE).
     drop(server);
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("token"), "the log was captured");
     for token in [&token_a, &token_b, &token_c] {
-        assert!(!logged.contains(token.as_str()), "a token value is in the log");
+        assert!(
+            !logged.contains(token.as_str()),
+            "a token value is in the log"
+        );
     }
 }
 
