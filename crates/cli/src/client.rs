@@ -1,7 +1,11 @@
 //! Client commands: talk to a running orchestrator over its HTTP API.
 
 use anyhow::{Context, anyhow, bail};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+
+/// Tokens asked for per page by `token list`.
+const TOKEN_PAGE: usize = 500;
 
 pub struct Client {
     base: String,
@@ -51,7 +55,9 @@ impl Client {
         Ok(body)
     }
 
-    pub async fn create_token(&self, runner: &str) -> anyhow::Result<String> {
+    /// Issues a token for `runner`: the API's answer (`id`, `runner`,
+    /// `token`, `createdAt`).
+    pub async fn create_token(&self, runner: &str) -> anyhow::Result<Value> {
         let body = self
             .send(
                 self.http
@@ -59,15 +65,72 @@ impl Client {
                     .json(&serde_json::json!({"runner": runner})),
             )
             .await?;
-        body["token"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("no token in the answer"))
+        if !body["token"].is_string() || !body["id"].is_string() {
+            bail!("no token and id in the answer");
+        }
+        Ok(body)
     }
 
     pub async fn revoke_token(&self, id: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(format!("{}/api/tokens/{id}", self.base)))
             .await?;
+        Ok(())
+    }
+
+    /// Revokes the token with this value (sent in the body, never in a URL);
+    /// the revoked token's id.
+    pub async fn revoke_token_by_value(&self, token: &SecretString) -> anyhow::Result<String> {
+        let body = self
+            .send(
+                self.http
+                    .post(format!("{}/api/tokens/revoke", self.base))
+                    .json(&serde_json::json!({"token": token.expose_secret()})),
+            )
+            .await?;
+        body["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no id in the answer"))
+    }
+
+    /// Every token (revoked ones too), following the pages.
+    pub async fn list_tokens(&self, runner: Option<&str>, json: bool) -> anyhow::Result<()> {
+        let mut tokens: Vec<Value> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut qs = vec![format!("limit={TOKEN_PAGE}")];
+            if let Some(r) = runner {
+                qs.push(format!("runner={}", encode(r)));
+            }
+            if let Some(a) = &after {
+                qs.push(format!("after={}", encode(a)));
+            }
+            let body = self
+                .send(
+                    self.http
+                        .get(format!("{}/api/tokens?{}", self.base, qs.join("&"))),
+                )
+                .await?;
+            tokens.extend(body["tokens"].as_array().into_iter().flatten().cloned());
+            match body["nextAfter"].as_str() {
+                Some(next) if after.as_deref() != Some(next) => after = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&tokens)?);
+            return Ok(());
+        }
+        println!("{:<36}  {:<24}  {:<25}  REVOKED", "ID", "RUNNER", "CREATED");
+        for t in &tokens {
+            println!(
+                "{:<36}  {:<24}  {:<25}  {}",
+                t["id"].as_str().unwrap_or(""),
+                t["runner"].as_str().unwrap_or(""),
+                t["createdAt"].as_str().unwrap_or(""),
+                t["revokedAt"].as_str().unwrap_or("-"),
+            );
+        }
         Ok(())
     }
 
@@ -150,4 +213,22 @@ fn encode(v: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The first line of standard input as a token value (`token revoke --stdin`).
+pub fn read_token_from_stdin() -> anyhow::Result<SecretString> {
+    use std::io::Read;
+    // A token is short; a bounded read keeps a runaway pipe from filling memory.
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .take(4096)
+        .read_to_end(&mut buf)
+        .context("cannot read the token from standard input")?;
+    let text =
+        String::from_utf8(buf).map_err(|_| anyhow!("the token on standard input is not UTF-8"))?;
+    let value = text.lines().next().unwrap_or("").trim();
+    if value.is_empty() {
+        bail!("no token on standard input");
+    }
+    Ok(SecretString::from(value.to_string()))
 }

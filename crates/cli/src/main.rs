@@ -81,13 +81,31 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Issue a token for a runner; prints only the token.
+    /// Issue a token for a runner: the token on stdout (the only time it is
+    /// shown), its id on stderr; with --json both on stdout.
     Create {
         #[arg(long)]
         runner: String,
+        #[arg(long)]
+        json: bool,
     },
-    /// Revoke a token by id.
-    Revoke { id: String },
+    /// List tokens (id, runner, created, revoked; never a value).
+    List {
+        #[arg(long)]
+        runner: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id, or by its value (--stdin reads the value
+    /// from standard input, which keeps it off the command line).
+    Revoke {
+        /// A token id, or a token value.
+        #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
+        id_or_token: Option<String>,
+        /// Read the token value from standard input (one line).
+        #[arg(long)]
+        stdin: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,9 +187,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command } => {
             let c = client::Client::from_env()?;
             match command {
-                TokenCommand::Create { runner } => println!("{}", c.create_token(&runner).await?),
-                TokenCommand::Revoke { id } => {
-                    c.revoke_token(&id).await?;
+                TokenCommand::Create { runner, json } => {
+                    let issued = c.create_token(&runner).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&issued)?);
+                    } else {
+                        // stdout stays the bare token, so `$(token create ...)` works.
+                        let id = issued["id"].as_str().unwrap_or_default();
+                        eprintln!("token {id} issued for runner {runner}");
+                        println!("{}", issued["token"].as_str().unwrap_or_default());
+                    }
+                }
+                TokenCommand::List { runner, json } => {
+                    c.list_tokens(runner.as_deref(), json).await?
+                }
+                TokenCommand::Revoke { id_or_token, stdin } => {
+                    let id = match (id_or_token, stdin) {
+                        (Some(id), _) if uuid::Uuid::parse_str(&id).is_ok() => {
+                            c.revoke_token(&id).await?;
+                            id
+                        }
+                        (Some(value), _) => {
+                            c.revoke_token_by_value(&secrecy::SecretString::from(value))
+                                .await?
+                        }
+                        (None, _) => {
+                            let value = client::read_token_from_stdin()?;
+                            c.revoke_token_by_value(&value).await?
+                        }
+                    };
                     println!("revoked {id}");
                 }
             }

@@ -4,7 +4,8 @@
 //! and exits with the listener's exit codes (0 after its job).
 //!
 //! Without a subcommand it is the entrypoint of the local job image (a JIT
-//! config or a registration token from the environment). With `install DIR`
+//! config or a registration token handed over on stdin, or from the
+//! environment). With `install DIR`
 //! it writes a runner directory whose `config.sh` and `bin/Runner.Listener`
 //! are this simulator, so that `proxy-runner runner` runs exactly the
 //! commands it runs with the real runner: `config.sh ...` is
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use proxy_runner_domain::ports::{MAX_STDIN_PAYLOAD, StdinSecret, parse_stdin_payload};
+use proxy_runner_domain::runner_plan::{JITCONFIG_ENV, REGISTRATION_TOKEN_ENV};
 use proxy_runner_emulator::runner::{
     EXIT_TERMINATED_ERROR, RunOptions, RunnerHost, ShellExecutor, SimRunner,
 };
@@ -38,6 +41,11 @@ pub struct SimRunnerArgs {
     name: Option<String>,
     #[arg(long, env = "RUNNER_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
+    /// Read the credential from standard input first (`NAME=value` lines up
+    /// to the end of input: ACTIONS_RUNNER_INPUT_JITCONFIG or RUNNER_TOKEN),
+    /// as the orchestrator hands it over; the environment is the fallback.
+    #[arg(long)]
+    credentials_on_stdin: bool,
     /// Give up (exit 2) when no job came within this many seconds (0: wait forever).
     #[arg(long, env = "SIM_RUNNER_JOB_WAIT_SECS", default_value_t = 0)]
     job_wait_secs: u64,
@@ -144,7 +152,25 @@ pub async fn run(args: SimRunnerArgs) -> i32 {
 
 /// The job image's entrypoint: a JIT config or a registration token from
 /// the environment.
-async fn take_job(args: SimRunnerArgs) -> i32 {
+async fn take_job(mut args: SimRunnerArgs) -> i32 {
+    if args.credentials_on_stdin {
+        match read_stdin_credentials().await {
+            Ok(secrets) => {
+                for secret in secrets {
+                    let value = Some(secret.value.expose_secret().to_string());
+                    if secret.name == JITCONFIG_ENV {
+                        args.jitconfig = value;
+                    } else {
+                        args.token = value;
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_TERMINATED_ERROR;
+            }
+        }
+    }
     let runner = match (&args.jitconfig, &args.url, &args.token) {
         (Some(jit), _, _) if !jit.is_empty() => SimRunner::from_jit_config(jit),
         (_, Some(url), Some(token)) => {
@@ -178,6 +204,24 @@ async fn take_job(args: SimRunnerArgs) -> i32 {
         }
     };
     one_job(runner, args.step_timeout_secs, args.job_wait_secs).await
+}
+
+/// The credential the orchestrator wrote to this container's stdin; it
+/// lives in this process's memory only, never in an environment or a file.
+async fn read_stdin_credentials() -> Result<Vec<StdinSecret>, String> {
+    let text = tokio::task::spawn_blocking(|| {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .take(MAX_STDIN_PAYLOAD as u64 + 1)
+            .read_to_end(&mut buf)
+            .map(|_| buf)
+    })
+    .await
+    .map_err(|e| format!("cannot read stdin: {e}"))?
+    .map_err(|e| format!("cannot read stdin: {}", e.kind()))?;
+    let text = String::from_utf8(text).map_err(|_| "stdin is not UTF-8".to_string())?;
+    parse_stdin_payload(&text, &[JITCONFIG_ENV, REGISTRATION_TOKEN_ENV])
 }
 
 /// Runs one job and reports it on stderr; the listener's exit code.

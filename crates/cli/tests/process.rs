@@ -336,7 +336,12 @@ async fn the_client_commands_talk_to_a_running_orchestrator() {
     let token = stdout.trim();
     assert!(
         token.starts_with("prt_") && !token.contains('\n'),
-        "prints only the token: {stdout:?}"
+        "stdout is the token alone: {stdout:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("issued for runner proxy-9") && !stderr.contains(token),
+        "the id, not the token, on stderr: {stderr:?}"
     );
 
     let body = r#"{"jobId":"lint","runId":"5","repository":"o/r","runnerName":"proxy-9","labels":"self-hosted",
@@ -401,6 +406,164 @@ async fn the_client_commands_talk_to_a_running_orchestrator() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the orchestrator"));
     let out = cli(&["token", "revoke", "nope"], &server.url, Some(ADMIN));
     assert!(!out.status.success());
+}
+
+fn cli_with_stdin(args: &[&str], url: &str, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy-runner"))
+        .args(args)
+        .env("ORCHESTRATOR_URL", url)
+        .env("PROXY_RUNNER_ADMIN_TOKEN", ADMIN)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `token create --json`: (id, token).
+fn issue(url: &str, runner: &str) -> (String, String) {
+    let out = cli(
+        &["token", "create", "--runner", runner, "--json"],
+        url,
+        Some(ADMIN),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let issued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(issued["runner"], runner);
+    (
+        issued["id"].as_str().unwrap().to_string(),
+        issued["token"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn tokens_issued_from_the_cli_are_listed_and_revoked_by_id_or_by_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let server = start(&dir.path().join("jobs.db"), &log);
+    let url = server.url.as_str();
+    let (id_a, token_a) = issue(url, "proxy-a");
+    let (id_b, token_b) = issue(url, "proxy-b");
+    let (id_c, token_c) = issue(url, "proxy-c");
+
+    // The table: every token, no value.
+    let out = cli(&["token", "list"], url, Some(ADMIN));
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let header = table.lines().next().unwrap();
+    assert!(header.starts_with("ID") && header.contains("RUNNER") && header.contains("REVOKED"));
+    for (id, runner) in [(&id_a, "proxy-a"), (&id_b, "proxy-b"), (&id_c, "proxy-c")] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .expect(id);
+        assert!(
+            row.contains(runner) && row.trim_end().ends_with('-'),
+            "{row}"
+        );
+    }
+    for token in [&token_a, &token_b, &token_c] {
+        assert!(!table.contains(token.as_str()), "{table}");
+    }
+
+    // Revoked by id, by value on stdin, by value as an argument.
+    let out = cli(&["token", "revoke", &id_a], url, Some(ADMIN));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("revoked {id_a}")
+    );
+    let out = cli_with_stdin(
+        &["token", "revoke", "--stdin"],
+        url,
+        &format!("{token_b}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("revoked {id_b}")
+    );
+    let out = cli(&["token", "revoke", &token_c], url, Some(ADMIN));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("revoked {id_c}")
+    );
+
+    // Revoked tokens no longer authenticate, and are listed as revoked.
+    for token in [&token_a, &token_b, &token_c] {
+        let (status, _, _) = call("GET", &format!("{url}/api/jobs/x"), token, None).await;
+        assert_eq!(status, 401);
+    }
+    let out = cli(&["token", "list", "--json"], url, Some(ADMIN));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed.iter().all(|t| t["revokedAt"].is_string()),
+        "{listed:?}"
+    );
+    let out = cli(
+        &["token", "list", "--runner", "proxy-b", "--json"],
+        url,
+        Some(ADMIN),
+    );
+    let of_b: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(of_b.as_array().unwrap().len(), 1);
+    assert_eq!(of_b[0]["id"], id_b.as_str());
+
+    // Again, or nothing on stdin: a clear failure that names no value.
+    let out = cli_with_stdin(&["token", "revoke", "--stdin"], url, &token_b);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no active token with this value"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(token_b.as_str()), "{stderr}");
+    let out = cli_with_stdin(&["token", "revoke", "--stdin"], url, "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token on standard input"));
+    let out = cli(&["token", "revoke"], url, Some(ADMIN));
+    assert!(
+        !out.status.success(),
+        "an id, a value or --stdin is required"
+    );
+
+    // The server logged and audited no token value (it traces at TRACE).
+    drop(server);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("token"), "the log was captured");
+    for token in [&token_a, &token_b, &token_c] {
+        assert!(
+            !logged.contains(token.as_str()),
+            "a token value is in the log"
+        );
+    }
 }
 
 #[test]

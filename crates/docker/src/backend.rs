@@ -8,21 +8,25 @@ use async_trait::async_trait;
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerCreateBody, EventMessage, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, ListNetworksOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, EventsOptions, ListNetworksOptions,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::{BollardRequest, ClientVersion, Docker};
 use futures::stream::{BoxStream, StreamExt};
 use proxy_runner_domain::ports::{
     BackendError, ContainerBackend, ContainerEvent, ContainerInfo, ContainerSpec, EnvValue,
-    Hardening, NetworkSpec, StartedContainer, labels,
+    Hardening, NetworkSpec, StartedContainer, labels, stdin_payload,
 };
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, OnceCell};
 use uuid::Uuid;
 
 use crate::errors::{create_error, engine_error, is_not_found, redact_error, start_error};
 use crate::transport::{self, Endpoint, SecretVault, StashedSecret};
+
+/// The write half of an attach connection: a container's standard input.
+type StdinWriter = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 
 /// The socket the Docker CLI uses when `DOCKER_HOST` is unset.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -233,6 +237,7 @@ impl DockerBackend {
                 EnvValue::Secret(s) => Some(s.expose_secret()),
                 EnvValue::Plain(_) => None,
             })
+            .chain(spec.stdin_secrets.iter().map(|s| s.value.expose_secret()))
             .collect();
         self.create_and_start(spec, entrypoint)
             .await
@@ -270,6 +275,11 @@ impl DockerBackend {
                 }
             }
         }
+        let handover = if spec.stdin_secrets.is_empty() {
+            None
+        } else {
+            Some(stdin_payload(&spec.stdin_secrets).map_err(BackendError::Other)?)
+        };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             user: Some(spec.hardening.user.clone()),
@@ -278,6 +288,11 @@ impl DockerBackend {
             entrypoint,
             labels: Some(label_map(&spec.labels)),
             host_config: Some(host_config(spec, &self.options.tmpfs_size)?),
+            // A stdin the entrypoint reads the hand-over from; it ends when
+            // our one attachment does (also if this process dies meanwhile).
+            open_stdin: handover.is_some().then_some(true),
+            stdin_once: handover.is_some().then_some(true),
+            attach_stdin: handover.is_some().then_some(true),
             ..Default::default()
         };
         let options = CreateContainerOptions {
@@ -289,7 +304,7 @@ impl DockerBackend {
             .await
             .map_err(|e| create_error(e, &spec.name, &spec.image))?;
         drop(stashed);
-        if let Err(err) = docker.start_container(&created.id, None).await {
+        let remove = || async {
             // Do not leave a created-but-dead container behind.
             let _ = docker
                 .remove_container(
@@ -300,13 +315,88 @@ impl DockerBackend {
                     }),
                 )
                 .await;
+        };
+        // Attached before the start, so that nothing the entrypoint reads
+        // can be missed.
+        let stdin = match &handover {
+            None => None,
+            Some(_) => match self.attach_stdin(docker, &created.id).await {
+                Ok(input) => Some(input),
+                Err(err) => {
+                    remove().await;
+                    return Err(err);
+                }
+            },
+        };
+        if let Err(err) = docker.start_container(&created.id, None).await {
+            remove().await;
             return Err(start_error(err));
+        }
+        if let (Some(input), Some(payload)) = (stdin, &handover)
+            && let Err(err) = self.hand_over(input, payload).await
+        {
+            // The runner never got its credential: it must not linger.
+            remove().await;
+            return Err(err);
         }
         tracing::info!(container = %spec.name, id = %created.id, image = %spec.image, network = %spec.network, "job container started");
         Ok(StartedContainer {
             id: created.id,
             name: spec.name.clone(),
         })
+    }
+
+    /// Opens the container's standard input (a hijacked attach connection).
+    async fn attach_stdin(
+        &self,
+        docker: &Docker,
+        container_id: &str,
+    ) -> Result<StdinWriter, BackendError> {
+        let attach = docker.attach_container(
+            container_id,
+            Some(AttachContainerOptions {
+                stdin: true,
+                stream: true,
+                ..Default::default()
+            }),
+        );
+        let attached = tokio::time::timeout(self.options.request_timeout, attach)
+            .await
+            .map_err(|_| {
+                BackendError::Other("attaching to the container's stdin timed out".into())
+            })?
+            .map_err(|e| {
+                BackendError::Other(format!(
+                    "cannot attach to the container's stdin: {}",
+                    engine_error(e)
+                ))
+            })?;
+        Ok(attached.input)
+    }
+
+    /// Writes the hand-over and ends the input, which closes the container's
+    /// stdin (`StdinOnce`).
+    async fn hand_over(
+        &self,
+        mut input: StdinWriter,
+        payload: &SecretString,
+    ) -> Result<(), BackendError> {
+        let write = async {
+            input.write_all(payload.expose_secret().as_bytes()).await?;
+            input.flush().await?;
+            input.shutdown().await
+        };
+        match tokio::time::timeout(self.options.request_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            // The error names the operation only: an I/O error carries no data.
+            Ok(Err(e)) => Err(BackendError::Other(format!(
+                "cannot hand the runner credential over on stdin: {}",
+                e.kind()
+            ))),
+            Err(_) => Err(BackendError::Other(
+                "handing the runner credential over on stdin timed out".into(),
+            )),
+        }
     }
 
     /// Waits until the container stops and returns its exit code. Needs a
@@ -782,6 +872,7 @@ mod tests {
             name: "job-1".into(),
             image: "img:1".into(),
             env: vec![EnvVar::plain("A", "b")],
+            stdin_secrets: vec![],
             command: None,
             labels: BTreeMap::new(),
             network: "pr-net-1".into(),

@@ -55,7 +55,11 @@ impl RunnerImageOptions {
             tag: tag.into(),
             binary: binary.into(),
             busybox: PathBuf::from(DEFAULT_BUSYBOX),
-            entrypoint: vec![RUNNER_BINARY_PATH.to_string(), "sim-runner".to_string()],
+            entrypoint: vec![
+                RUNNER_BINARY_PATH.to_string(),
+                "sim-runner".to_string(),
+                "--credentials-on-stdin".to_string(),
+            ],
             command: None,
         }
     }

@@ -22,6 +22,7 @@ async fn unreachable_daemon_is_reported_by_ping_and_start() {
         name: "never".into(),
         image: "whatever:1".into(),
         env: vec![],
+        stdin_secrets: vec![],
         command: None,
         labels: Default::default(),
         network: "none".into(),

@@ -94,6 +94,16 @@ pub struct JobFilter {
     pub limit: usize,
 }
 
+/// Which tokens `list_tokens` returns: creation order (ids are UUIDv7),
+/// keyset paged like jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFilter {
+    pub runner: Option<String>,
+    /// Only tokens with an id greater than this.
+    pub after: Option<Uuid>,
+    pub limit: usize,
+}
+
 /// A per-runner credential issued by the orchestrator. Only the hash of the
 /// token is ever stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +191,9 @@ pub trait JobStore: Send + Sync + 'static {
         at: DateTime<Utc>,
         audit: &[AuditEvent],
     ) -> Result<bool, StoreError>;
+    /// Tokens (revoked ones too) in creation order, at most `filter.limit`
+    /// (capped like `list_jobs`).
+    async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError>;
 
     /// Appends an event that records no write of this store (a container
     /// started, an exit seen).
@@ -422,6 +435,96 @@ impl EnvVar {
     }
 }
 
+/// A secret a runner container reads from its standard input at start.
+#[derive(Debug, Clone)]
+pub struct StdinSecret {
+    /// The variable the entrypoint hands the value on as (to one process).
+    pub name: String,
+    pub value: SecretString,
+}
+
+impl StdinSecret {
+    pub fn new(name: impl Into<String>, value: SecretString) -> Self {
+        StdinSecret {
+            name: name.into(),
+            value,
+        }
+    }
+}
+
+/// Longest standard-input hand-over the runner entrypoints read.
+pub const MAX_STDIN_PAYLOAD: usize = 256 * 1024;
+
+/// What a runner container's standard input carries: one `NAME=value` line
+/// per secret, in order; the container reads to the end of input. Names are
+/// `[A-Z0-9_]` and start with a letter; values are single lines. Errors name
+/// the variable, never the value.
+pub fn stdin_payload(secrets: &[StdinSecret]) -> Result<SecretString, String> {
+    use secrecy::ExposeSecret;
+    let mut payload = String::new();
+    for secret in secrets {
+        let name = &secret.name;
+        let name_ok = name.starts_with(|c: char| c.is_ascii_uppercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if !name_ok {
+            return Err(format!("invalid stdin secret name {name:?}"));
+        }
+        let value = secret.value.expose_secret();
+        if value.is_empty() || value.contains(['\n', '\r', '\0']) {
+            return Err(format!("the value of {name} must be one non-empty line"));
+        }
+        payload.push_str(name);
+        payload.push('=');
+        payload.push_str(value);
+        payload.push('\n');
+    }
+    if payload.len() > MAX_STDIN_PAYLOAD {
+        return Err(format!(
+            "stdin secrets are longer than {MAX_STDIN_PAYLOAD} bytes"
+        ));
+    }
+    Ok(SecretString::from(payload))
+}
+
+/// Reads what [`stdin_payload`] wrote, strictly: `NAME=value` lines, only
+/// the names in `accepted`, each at most once. Errors name the line or the
+/// variable, never a value.
+pub fn parse_stdin_payload(text: &str, accepted: &[&str]) -> Result<Vec<StdinSecret>, String> {
+    if text.len() > MAX_STDIN_PAYLOAD {
+        return Err(format!("stdin is longer than {MAX_STDIN_PAYLOAD} bytes"));
+    }
+    let mut secrets: Vec<StdinSecret> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(format!("stdin line {} is not NAME=value", n + 1));
+        };
+        if !accepted.contains(&name) {
+            return Err(format!(
+                "stdin line {} names {:?}, expected one of {}",
+                n + 1,
+                name.chars().take(64).collect::<String>(),
+                accepted.join(", ")
+            ));
+        }
+        if value.is_empty() {
+            return Err(format!("{name} on stdin is empty"));
+        }
+        if secrets.iter().any(|s| s.name == name) {
+            return Err(format!("{name} is on stdin twice"));
+        }
+        secrets.push(StdinSecret::new(
+            name,
+            SecretString::from(value.to_string()),
+        ));
+    }
+    Ok(secrets)
+}
+
 /// Least-privilege settings for a job container. Defaults are the hardened ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -459,6 +562,11 @@ pub struct ContainerSpec {
     pub name: String,
     pub image: String,
     pub env: Vec<EnvVar>,
+    /// Secrets handed to the container's entrypoint on its standard input
+    /// right after start ([`stdin_payload`]) instead of in `env`: they are in
+    /// no part of the container's configuration (`docker inspect`) and in no
+    /// environment the job's processes inherit from the container.
+    pub stdin_secrets: Vec<StdinSecret>,
     /// Overrides the image's command when set.
     pub command: Option<Vec<String>>,
     pub labels: BTreeMap<String, String>,
@@ -553,4 +661,85 @@ pub trait ContainerBackend: Send + Sync + 'static {
     /// Exit events of containers carrying `proxy-runner.instance={instance}`.
     /// The stream ends when the engine connection drops; callers re-subscribe.
     fn events(&self, instance: &str) -> BoxStream<'static, Result<ContainerEvent, BackendError>>;
+}
+
+#[cfg(test)]
+mod stdin_payload_tests {
+    use secrecy::{ExposeSecret, SecretString};
+
+    use super::{MAX_STDIN_PAYLOAD, StdinSecret, parse_stdin_payload, stdin_payload};
+
+    const NAMES: [&str; 2] = ["ACTIONS_RUNNER_INPUT_JITCONFIG", "RUNNER_TOKEN"];
+
+    #[test]
+    fn what_is_written_is_read_back() {
+        let written = stdin_payload(&[
+            secret("ACTIONS_RUNNER_INPUT_JITCONFIG", "eyJh=="),
+            secret("RUNNER_TOKEN", "a=b"),
+        ])
+        .unwrap();
+        let read = parse_stdin_payload(written.expose_secret(), &NAMES).unwrap();
+        let pairs: Vec<(&str, &str)> = read
+            .iter()
+            .map(|s| (s.name.as_str(), s.value.expose_secret()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("ACTIONS_RUNNER_INPUT_JITCONFIG", "eyJh=="),
+                ("RUNNER_TOKEN", "a=b")
+            ]
+        );
+        assert!(parse_stdin_payload("", &NAMES).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unexpected_stdin_is_refused_without_the_value() {
+        for (text, named) in [
+            ("no-equals-s3cret\n", "line 1"),
+            ("OTHER=s3cret\n", "OTHER"),
+            ("RUNNER_TOKEN=\n", "RUNNER_TOKEN"),
+            ("RUNNER_TOKEN=s3cret\nRUNNER_TOKEN=s3cret\n", "twice"),
+        ] {
+            let err = parse_stdin_payload(text, &NAMES).unwrap_err();
+            assert!(err.contains(named), "{text:?}: {err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        let huge = format!("RUNNER_TOKEN={}", "x".repeat(MAX_STDIN_PAYLOAD));
+        assert!(parse_stdin_payload(&huge, &NAMES).is_err());
+    }
+
+    fn secret(name: &str, value: &str) -> StdinSecret {
+        StdinSecret::new(name, SecretString::from(value.to_string()))
+    }
+
+    #[test]
+    fn one_line_per_secret_in_order() {
+        let payload = stdin_payload(&[
+            secret("ACTIONS_RUNNER_INPUT_JITCONFIG", "eyJh=="),
+            secret("RUNNER_TOKEN", "AB12"),
+        ])
+        .unwrap();
+        assert_eq!(
+            payload.expose_secret(),
+            "ACTIONS_RUNNER_INPUT_JITCONFIG=eyJh==\nRUNNER_TOKEN=AB12\n"
+        );
+        assert_eq!(stdin_payload(&[]).unwrap().expose_secret(), "");
+    }
+
+    #[test]
+    fn bad_names_and_values_are_refused_without_the_value() {
+        for name in ["", "lower", "1ST", "A-B", "A=B", "A B"] {
+            let err = stdin_payload(&[secret(name, "v4lue")]).unwrap_err();
+            assert!(err.contains("name"), "{name:?}: {err}");
+        }
+        for value in ["", "two\nlines", "cr\rhere", "nul\0here"] {
+            let err = stdin_payload(&[secret("TOKEN", value)]).unwrap_err();
+            assert!(err.contains("TOKEN"), "{err}");
+            assert!(!err.contains("here") && !err.contains("lines"), "{err}");
+        }
+        let huge = "x".repeat(MAX_STDIN_PAYLOAD);
+        let err = stdin_payload(&[secret("TOKEN", &huge)]).unwrap_err();
+        assert!(!err.contains("xxxx"), "{err}");
+    }
 }

@@ -8,11 +8,15 @@ use uuid::Uuid;
 use crate::job::Job;
 use crate::labels::LabelSet;
 use crate::names::{container_name, runner_name};
-use crate::ports::{ContainerSpec, EnvVar, Hardening, NetworkSpec, labels as label_keys};
+use crate::ports::{
+    ContainerSpec, EnvVar, Hardening, NetworkSpec, StdinSecret, labels as label_keys,
+};
 
-/// The environment variable the runner image reads its JIT config from.
+/// The name the runner image's entrypoint gets the JIT config under (on its
+/// standard input) and hands it to the listener as.
 pub const JITCONFIG_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
-/// The environment variable a registration-token runner reads its token from.
+/// The name a registration-token runner gets its token under (on its
+/// standard input).
 pub const REGISTRATION_TOKEN_ENV: &str = "RUNNER_TOKEN";
 /// Labels every ephemeral runner carries besides the job's own.
 pub const RUNNER_BASE_LABELS: [&str; 2] = ["ephemeral", "container"];
@@ -107,12 +111,13 @@ pub struct Placement {
 }
 
 /// The container that runs `runner` for `job`. `credential` (a JIT config or
-/// a registration token) stays a secret all the way to the engine.
+/// a registration token) stays a secret all the way to the container, and
+/// reaches it on its standard input, not in its configuration.
 pub fn runner_container(
     job: &Job,
     runner: &EphemeralRunner,
     placement: Placement,
-    credential: EnvVar,
+    credential: StdinSecret,
 ) -> ContainerSpec {
     ContainerSpec {
         name: runner.container_name.clone(),
@@ -123,8 +128,8 @@ pub fn runner_container(
             EnvVar::plain("GITHUB_URL", placement.runner_url),
             EnvVar::plain("JOB_ID", job.job_key.clone()),
             EnvVar::plain("RUN_ID", job.run_id.to_string()),
-            credential,
         ],
+        stdin_secrets: vec![credential],
         command: None,
         labels: job_labels(job.id, &job.repository, &placement.instance),
         network: placement.network,
@@ -198,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn the_container_carries_labels_env_and_a_secret_credential() {
+    fn the_container_carries_labels_env_and_its_credential_on_stdin() {
         let j = job();
         let r = EphemeralRunner::for_job(&j, None);
         let spec = runner_container(
@@ -211,14 +216,21 @@ mod tests {
                 instance: "i1".into(),
                 runner_url: "https://github.com/Octo/Repo".into(),
             },
-            EnvVar::secret(JITCONFIG_ENV, SecretString::from("s3cret")),
+            StdinSecret::new(JITCONFIG_ENV, SecretString::from("s3cret")),
         );
         assert_eq!(spec.labels[label_keys::REPOSITORY], "octo/repo");
         assert_eq!(spec.labels[label_keys::JOB_ID], j.id.to_string());
         assert_eq!(spec.labels[label_keys::INSTANCE], "i1");
         assert!(spec.auto_remove);
-        let secret = spec.env.iter().find(|e| e.name == JITCONFIG_ENV).unwrap();
-        assert!(matches!(secret.value, EnvValue::Secret(_)));
+        assert!(
+            spec.env
+                .iter()
+                .all(|e| matches!(e.value, EnvValue::Plain(_))),
+            "no secret in the container's environment"
+        );
+        assert!(spec.env.iter().all(|e| e.name != JITCONFIG_ENV));
+        let names: Vec<&str> = spec.stdin_secrets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, [JITCONFIG_ENV], "the credential goes over stdin");
         assert!(!format!("{spec:?}").contains("s3cret"));
         let labels = spec.env.iter().find(|e| e.name == "RUNNER_LABELS").unwrap();
         assert!(

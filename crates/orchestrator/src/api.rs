@@ -14,7 +14,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use proxy_runner_domain::JobStatus;
-use proxy_runner_domain::ports::JobFilter;
+use proxy_runner_domain::ports::{JobFilter, TokenFilter, TokenRecord};
 use secrecy::ExposeSecret;
 use serde_json::json;
 use uuid::Uuid;
@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::auth::{Principal, bearer};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
-use crate::requests::{parse_completion, parse_delegation, parse_token_request};
+use crate::requests::{parse_completion, parse_delegation, parse_token_request, parse_token_value};
 use crate::service::Orchestrator;
 
 /// Largest body accepted on the job and token routes.
@@ -129,7 +129,8 @@ pub fn routes(state: AppState) -> Router {
         .route("/api/jobs/{id}/complete", post(complete))
         .route("/api/jobs", get(list_jobs))
         .route("/api/jobs/{id}", get(get_job))
-        .route("/api/tokens", post(create_token))
+        .route("/api/tokens", post(create_token).get(list_tokens))
+        .route("/api/tokens/revoke", post(revoke_token_by_value))
         .route("/api/tokens/{id}", delete(revoke_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -293,6 +294,79 @@ async fn revoke_token(
     let Path(id) = id.map_err(bad_path)?;
     state.orchestrator.revoke_token(&who, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A token as listed: never its value (the store has only its hash).
+fn token_json(record: &TokenRecord) -> serde_json::Value {
+    json!({
+        "id": record.id,
+        "runner": record.runner,
+        "createdAt": record.created_at,
+        "revokedAt": record.revoked_at,
+    })
+}
+
+/// `POST /api/tokens/revoke` `{"token"}`: revokes by value, for an admin who
+/// holds a token but not its id. The value travels in the body, never in a URL.
+async fn revoke_token_by_value(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    who.require_admin()?;
+    let token = parse_token_value(&body.read().await?)?;
+    let record = state
+        .orchestrator
+        .revoke_token_by_value(&who, &token)
+        .await?;
+    Ok(Json(token_json(&record)))
+}
+
+fn parse_token_query(query: &HashMap<String, String>) -> ApiResult<TokenFilter> {
+    let mut filter = TokenFilter {
+        limit: DEFAULT_PAGE,
+        ..Default::default()
+    };
+    for (k, v) in query {
+        match k.as_str() {
+            "runner" => filter.runner = Some(v.clone()),
+            "limit" => {
+                filter.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| ApiError::bad_query(format!("limit: must be 1..={MAX_PAGE}")))?
+            }
+            "after" => {
+                filter.after = Some(
+                    Uuid::parse_str(v)
+                        .map_err(|_| ApiError::bad_query("after: must be a token id"))?,
+                )
+            }
+            other => {
+                return Err(ApiError::bad_query(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+async fn list_tokens(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    who.require_admin()?;
+    let Query(query) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
+    let filter = parse_token_query(&query)?;
+    let tokens = state.orchestrator.list_tokens(&who, &filter).await?;
+    let next = (tokens.len() == filter.limit)
+        .then(|| tokens.last().map(|t| t.id))
+        .flatten();
+    let tokens: Vec<_> = tokens.iter().map(token_json).collect();
+    Ok(Json(json!({"tokens": tokens, "nextAfter": next})))
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -24,6 +24,8 @@ pub enum DryRunCall {
         image: String,
         network: String,
         env: Vec<(String, String)>,
+        /// Names of the secrets handed over on standard input.
+        stdin: Vec<String>,
         labels: Vec<(String, String)>,
     },
     Stop(String),
@@ -177,6 +179,7 @@ impl ContainerBackend for DryRunBackend {
                     (e.name.clone(), v)
                 })
                 .collect(),
+            stdin: spec.stdin_secrets.iter().map(|s| s.name.clone()).collect(),
             labels: spec.labels.clone().into_iter().collect(),
         });
         Ok(StartedContainer {

@@ -11,6 +11,7 @@ use proxy_runner_domain::values::{
     exit_code, kind, strict_json,
 };
 use proxy_runner_domain::{JobSource, NewJob};
+use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -233,6 +234,28 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, ApiError> {
 pub fn parse_token_request(body: &[u8]) -> Result<String, ApiError> {
     let obj = json_object(body)?;
     identifier_field(&Fields::new(&obj, ""), "runner")
+}
+
+/// Longest token value `POST /api/tokens/revoke` accepts (issued ones are
+/// 47 characters).
+const MAX_TOKEN_LEN: usize = 512;
+
+/// Body of `POST /api/tokens/revoke`: `{"token": value}`. The value is a
+/// secret from here on; errors never quote it.
+pub fn parse_token_value(body: &[u8]) -> Result<SecretString, ApiError> {
+    let obj = json_object(body)?;
+    let token = Fields::new(&obj, "")
+        .str("token")?
+        .ok_or_else(|| FieldError::missing("token"))?;
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN || token.contains(char::is_control) {
+        return Err(ApiError::invalid(
+            "token",
+            format!(
+                "must be a token value (1 to {MAX_TOKEN_LEN} characters, no control characters)"
+            ),
+        ));
+    }
+    Ok(SecretString::from(token.to_string()))
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use proxy_runner_domain::ports::{ContainerBackend, JobFilter, JobStore, StoreError, TokenRecord};
+use proxy_runner_domain::ports::{
+    ContainerBackend, JobFilter, JobStore, StoreError, TokenFilter, TokenRecord,
+};
 use proxy_runner_domain::{Job, JobSource, JobStatus, TransitionError};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
@@ -426,6 +428,47 @@ impl Orchestrator {
             )));
         }
         Ok(())
+    }
+
+    /// Revokes the token whose value the admin presents (the value is only
+    /// hashed, never kept or echoed); the revoked record.
+    pub async fn revoke_token_by_value(
+        &self,
+        who: &Principal,
+        token: &SecretString,
+    ) -> ServiceResult<TokenRecord> {
+        who.require_admin()?;
+        let not_found = || ServiceError::NotFound("no active token with this value".into());
+        let record = self
+            .store
+            .find_token_by_hash(&auth::hash_token(token.expose_secret()))
+            .await?
+            .filter(|r| r.revoked_at.is_none())
+            .ok_or_else(not_found)?;
+        let at = self.sources.clock.now();
+        let revoked = self.audit.event(
+            &who.actor(),
+            "token.revoked",
+            None,
+            serde_json::json!({"tokenId": record.id, "by": "value"}),
+        );
+        if !self.store.revoke_token(record.id, at, &[revoked]).await? {
+            // Revoked by someone else between the read and the write.
+            return Err(not_found());
+        }
+        Ok(TokenRecord {
+            revoked_at: Some(at),
+            ..record
+        })
+    }
+
+    pub async fn list_tokens(
+        &self,
+        who: &Principal,
+        filter: &TokenFilter,
+    ) -> ServiceResult<Vec<TokenRecord>> {
+        who.require_admin()?;
+        Ok(self.store.list_tokens(filter).await?)
     }
 
     /// Whether store and container engine answer.

@@ -460,3 +460,199 @@ async fn long_environment_values_are_kept_whole() {
         long.len()
     );
 }
+
+#[tokio::test]
+async fn tokens_are_listed_without_values_and_revoked_by_value() {
+    let app = Rig::api().await;
+    let mut issued = Vec::new();
+    for runner in ["proxy-a", "proxy-b", "proxy-a"] {
+        let r = app
+            .call(
+                "POST",
+                "/api/tokens",
+                Some(ADMIN),
+                Some(format!(r#"{{"runner":"{runner}"}}"#).as_bytes()),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        issued.push((
+            r.body["id"].as_str().unwrap().to_string(),
+            r.body["token"].as_str().unwrap().to_string(),
+        ));
+    }
+
+    // Listed in creation order, with no value and no hash.
+    let list = app.call("GET", "/api/tokens", Some(ADMIN), None).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    let ids: Vec<&str> = list.body["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        issued.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>()
+    );
+    assert_eq!(list.body["tokens"][1]["runner"], "proxy-b");
+    assert!(list.body["tokens"][0]["createdAt"].is_string());
+    assert!(list.body["tokens"][0]["revokedAt"].is_null());
+    assert!(list.body["nextAfter"].is_null());
+    for (_, value) in &issued {
+        assert!(!list.text.contains(value.as_str()), "{}", list.text);
+    }
+    assert!(!list.text.contains("hash"), "{}", list.text);
+
+    // Paged like jobs; filtered by runner.
+    let page = app
+        .call("GET", "/api/tokens?limit=2", Some(ADMIN), None)
+        .await;
+    assert_eq!(page.body["tokens"].as_array().unwrap().len(), 2);
+    assert_eq!(page.body["nextAfter"], issued[1].0.as_str());
+    let rest = app
+        .call(
+            "GET",
+            &format!("/api/tokens?limit=2&after={}", issued[1].0),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(rest.body["tokens"][0]["id"], issued[2].0.as_str());
+    assert!(rest.body["nextAfter"].is_null());
+    let of_a = app
+        .call("GET", "/api/tokens?runner=proxy-a", Some(ADMIN), None)
+        .await;
+    assert_eq!(of_a.body["tokens"].as_array().unwrap().len(), 2);
+
+    // Revoked by value: the answer names the token, never the value.
+    let (id_b, value_b) = &issued[1];
+    let body = serde_json::json!({"token": value_b}).to_string();
+    let revoked = app
+        .call(
+            "POST",
+            "/api/tokens/revoke",
+            Some(ADMIN),
+            Some(body.as_bytes()),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text);
+    assert_eq!(revoked.body["id"], id_b.as_str());
+    assert_eq!(revoked.body["runner"], "proxy-b");
+    assert!(revoked.body["revokedAt"].is_string());
+    assert!(!revoked.text.contains(value_b.as_str()));
+    let delegate = design_hook_body("build", "1", "o/r", "proxy-b", "");
+    assert_eq!(
+        app.call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(value_b),
+            Some(delegate.as_bytes())
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Listed as revoked; the other tokens still work.
+    let list = app.call("GET", "/api/tokens", Some(ADMIN), None).await;
+    assert!(list.body["tokens"][1]["revokedAt"].is_string());
+    assert!(list.body["tokens"][0]["revokedAt"].is_null());
+    let a_job = design_hook_body("build", "1", "o/r", "proxy-a", "");
+    assert_eq!(
+        app.call(
+            "POST",
+            "/api/jobs/delegate",
+            Some(&issued[0].1),
+            Some(a_job.as_bytes())
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+
+    // Again, or an unknown value: 404 that does not echo the value.
+    for value in [value_b.as_str(), "prt_never-issued-SECRET-41"] {
+        let body = serde_json::json!({"token": value}).to_string();
+        let again = app
+            .call(
+                "POST",
+                "/api/tokens/revoke",
+                Some(ADMIN),
+                Some(body.as_bytes()),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.text);
+        assert_eq!(again.body["error"]["code"], "not_found");
+        assert!(!again.text.contains(value), "{}", again.text);
+    }
+
+    // Bad bodies and queries name the problem and never echo a value.
+    let long = format!(r#"{{"token":"prt_{}"}}"#, "x".repeat(600));
+    let cases: &[(&[u8], StatusCode, &str)] = &[
+        (b"{}", StatusCode::UNPROCESSABLE_ENTITY, "token"),
+        (
+            br#"{"token":""}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "token",
+        ),
+        (
+            br#"{"token":42}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "token",
+        ),
+        (long.as_bytes(), StatusCode::UNPROCESSABLE_ENTITY, "token"),
+        (b"[1]", StatusCode::BAD_REQUEST, "object"),
+        (b"{", StatusCode::BAD_REQUEST, "JSON"),
+    ];
+    for (body, status, named) in cases {
+        let r = app
+            .call("POST", "/api/tokens/revoke", Some(ADMIN), Some(body))
+            .await;
+        assert_eq!(r.status, *status, "{}", r.text);
+        assert!(r.text.contains(named), "{named}: {}", r.text);
+        assert!(!r.text.contains("xxxxxxxx"), "{}", r.text);
+    }
+    for query in ["limit=0", "limit=501", "after=nope", "colour=red"] {
+        let r = app
+            .call("GET", &format!("/api/tokens?{query}"), Some(ADMIN), None)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}: {}", r.text);
+        assert_eq!(r.body["error"]["code"], "bad_query");
+    }
+
+    // Admin only: a runner token can neither list nor revoke, even its own.
+    let (_, value_a) = &issued[0];
+    assert_eq!(
+        app.call("GET", "/api/tokens", Some(value_a), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let own = serde_json::json!({"token": value_a}).to_string();
+    assert_eq!(
+        app.call(
+            "POST",
+            "/api/tokens/revoke",
+            Some(value_a),
+            Some(own.as_bytes())
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.call("GET", "/api/tokens", None, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The audit trail names the token by id only.
+    let audit = app.store.list_audit(100).await.unwrap();
+    let revocation = audit
+        .iter()
+        .find(|e| e.action == "token.revoked")
+        .expect("revocation audited");
+    assert_eq!(revocation.detail["tokenId"], id_b.as_str());
+    let all = serde_json::to_string(&audit).unwrap();
+    for (_, value) in &issued {
+        assert!(!all.contains(value.as_str()));
+    }
+}

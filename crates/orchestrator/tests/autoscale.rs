@@ -120,6 +120,7 @@ async fn a_queued_job_gets_its_own_hardened_runner_container_and_is_followed_to_
         image,
         network,
         env,
+        stdin,
         labels,
     } = &calls[1]
     else {
@@ -138,9 +139,14 @@ async fn a_queued_job_gets_its_own_hardened_runner_container_and_is_followed_to_
     assert_eq!(env["GITHUB_URL"], "https://github.com/Octo/Repo");
     assert_eq!(env["JOB_ID"], "job-1");
     assert_eq!(env["RUN_ID"], "1001");
+    assert!(
+        !env.contains_key("ACTIONS_RUNNER_INPUT_JITCONFIG"),
+        "the JIT config is in no container's configuration"
+    );
     assert_eq!(
-        env["ACTIONS_RUNNER_INPUT_JITCONFIG"], "***",
-        "the JIT config reaches the engine as a secret"
+        stdin,
+        &["ACTIONS_RUNNER_INPUT_JITCONFIG"],
+        "the JIT config reaches the container on its standard input"
     );
     let labels: std::collections::BTreeMap<_, _> = labels.iter().cloned().collect();
     assert_eq!(labels["proxy-runner.job-id"], id.to_string());
@@ -860,17 +866,19 @@ async fn registration_token_mode_passes_a_token_and_cleans_up_by_runner_name() {
     let id = queue(&r, &info(70, "o/r", &["self-hosted"]), JobSource::Webhook).await;
     settle(&r).await;
     let calls = r.backend.calls();
-    let env = calls
+    let (env, stdin) = calls
         .iter()
         .find_map(|c| match c {
-            DryRunCall::Start { env, .. } => Some(env.clone()),
+            DryRunCall::Start { env, stdin, .. } => Some((env.clone(), stdin.clone())),
             _ => None,
         })
         .unwrap();
     let env: std::collections::BTreeMap<_, _> = env.into_iter().collect();
+    assert!(!env.contains_key("RUNNER_TOKEN"));
     assert_eq!(
-        env["RUNNER_TOKEN"], "***",
-        "the registration token reaches the engine as a secret"
+        stdin,
+        ["RUNNER_TOKEN"],
+        "the registration token reaches the container on its standard input"
     );
     assert!(!env.contains_key("ACTIONS_RUNNER_INPUT_JITCONFIG"));
     assert_eq!(env["RUNNER_NAME"], format!("ephemeral-{id}"));

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use proxy_runner_domain::ports::{
-    BackendError, ContainerBackend, ContainerEvent, ContainerInfo, ContainerSpec, EnvValue,
-    JobFilter, JobStore, NetworkSpec, StartedContainer,
+    BackendError, ContainerBackend, ContainerEvent, ContainerInfo, ContainerSpec, JobFilter,
+    JobStore, NetworkSpec, StartedContainer,
 };
 use proxy_runner_domain::{JobSource, JobStatus};
 use proxy_runner_emulator::EmulatorConfig;
@@ -48,14 +48,11 @@ impl ContainerBackend for InProcessRunners {
     }
     async fn start(&self, spec: &ContainerSpec) -> Result<StartedContainer, BackendError> {
         let jit = spec
-            .env
+            .stdin_secrets
             .iter()
-            .find(|e| e.name == JITCONFIG_ENV)
-            .and_then(|e| match &e.value {
-                EnvValue::Secret(s) => Some(s.expose_secret().to_string()),
-                EnvValue::Plain(_) => None,
-            })
-            .ok_or_else(|| BackendError::Other("no JIT config passed as a secret".into()))?;
+            .find(|s| s.name == JITCONFIG_ENV)
+            .map(|s| s.value.expose_secret().to_string())
+            .ok_or_else(|| BackendError::Other("no JIT config handed over on stdin".into()))?;
         self.seen_jit.lock().unwrap().push(jit.clone());
         let runner =
             SimRunner::from_jit_config(&jit).map_err(|e| BackendError::Other(e.to_string()))?;

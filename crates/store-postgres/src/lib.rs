@@ -29,7 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use proxy_runner_domain::ports::{
-    AuditEvent, Inserted, JobFilter, JobStore, StoreError, TokenRecord,
+    AuditEvent, Inserted, JobFilter, JobStore, StoreError, TokenFilter, TokenRecord,
 };
 use proxy_runner_domain::{Job, JobStatus};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -495,6 +495,28 @@ impl JobStore for PostgresStore {
         .as_ref()
         .map(|row| token_from_row(&self.target, row))
         .transpose()
+    }
+
+    async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
+        let limit = i64::try_from(filter.limit.clamp(1, MAX_PAGE)).unwrap_or(1);
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+            "SELECT id, runner, hash, created_at, revoked_at FROM runner_tokens WHERE TRUE",
+        );
+        if let Some(runner) = &filter.runner {
+            q.push(" AND runner = ").push_bind(runner.as_str());
+        }
+        if let Some(after) = filter.after {
+            q.push(" AND id > ").push_bind(after);
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(limit);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        rows.iter()
+            .map(|row| token_from_row(&self.target, row))
+            .collect()
     }
 
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use proxy_runner_domain::ports::{
-    AuditEvent, Inserted, JobFilter, JobStore, StoreError, TokenRecord,
+    AuditEvent, Inserted, JobFilter, JobStore, StoreError, TokenFilter, TokenRecord,
 };
 use proxy_runner_domain::{Job, JobStatus};
 use sqlx::Row;
@@ -360,6 +360,23 @@ impl JobStore for SqliteStore {
             .as_ref()
             .map(token_from_row)
             .transpose()
+    }
+
+    async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
+        let limit = filter.limit.clamp(1, MAX_PAGE) as i64;
+        let rows = sqlx::query(
+            "SELECT * FROM runner_tokens
+             WHERE (?1 IS NULL OR runner = ?1)
+               AND (?2 IS NULL OR id > ?2)
+             ORDER BY id LIMIT ?3",
+        )
+        .bind(filter.runner.as_deref())
+        .bind(filter.after.map(|u| u.to_string()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(token_from_row).collect()
     }
 
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {

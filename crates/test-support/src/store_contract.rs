@@ -14,7 +14,7 @@
 //! repository; GitHub job id; a finished job gives its key up),
 //! compare-and-set writes (stale status or revision loses, revisions bump,
 //! a GitHub job links to one job), every field round-trips, paging (filters,
-//! `after`, the page cap), tokens, audit (newest first), webhook delivery
+//! `after`, the page cap), tokens (by hash; listed and paged), audit (newest first), webhook delivery
 //! dedupe and forget, the finders, concurrent writers (racing CAS
 //! updates, inserts and deliveries), and writes with their audit rows (stored
 //! together or not at all, also when the caller goes away mid-write).
@@ -24,7 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use proxy_runner_domain::ports::{AuditEvent, JobFilter, JobStore, StoreError, TokenRecord};
+use proxy_runner_domain::ports::{
+    AuditEvent, JobFilter, JobStore, StoreError, TokenFilter, TokenRecord,
+};
 use proxy_runner_domain::{Job, JobSource, JobStatus, NewJob};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
@@ -79,6 +81,7 @@ macro_rules! job_store_contract {
             listing_filters_and_pages_in_creation_order,
             pages_are_capped,
             tokens_are_found_by_hash_and_revoked_once,
+            tokens_are_listed_in_creation_order_by_runner_and_paged,
             audit_is_appended_and_listed_newest_first,
             webhook_deliveries_are_deduplicated_and_forgotten,
             the_active_job_of_a_runner_is_found_by_key,
@@ -627,6 +630,67 @@ pub async fn tokens_are_found_by_hash_and_revoked_once(store: Arc<dyn JobStore>)
             .unwrap()
             .revoked_at,
         Some(t(2))
+    );
+}
+
+pub async fn tokens_are_listed_in_creation_order_by_runner_and_paged(store: Arc<dyn JobStore>) {
+    let all = |limit| TokenFilter {
+        limit,
+        ..Default::default()
+    };
+    assert!(store.list_tokens(&all(10)).await.unwrap().is_empty());
+    // Ids are UUIDv7: inserted out of order, listed in creation order.
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    let records: Vec<TokenRecord> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| TokenRecord {
+            id: *id,
+            runner: if i % 2 == 0 { "even" } else { "odd" }.into(),
+            hash: format!("{i:064x}"),
+            created_at: t(i as i64),
+            revoked_at: (i == 3).then(|| t(30)),
+        })
+        .collect();
+    for i in [4, 0, 2, 1, 3] {
+        store.insert_token(&records[i], &[]).await.unwrap();
+    }
+    assert_eq!(store.list_tokens(&all(10)).await.unwrap(), records);
+
+    let first = store.list_tokens(&all(2)).await.unwrap();
+    assert_eq!(first, records[..2]);
+    let rest = store
+        .list_tokens(&TokenFilter {
+            after: Some(first[1].id),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest, records[2..], "revoked tokens are listed too");
+
+    let odd = store
+        .list_tokens(&TokenFilter {
+            runner: Some("odd".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(odd, [records[1].clone(), records[3].clone()]);
+    let none = store
+        .list_tokens(&TokenFilter {
+            runner: Some("ODD".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "runner names are compared exactly");
+    assert_eq!(
+        store.list_tokens(&all(0)).await.unwrap().len(),
+        1,
+        "at least one"
     );
 }
 

@@ -121,6 +121,7 @@ impl Scope {
             name: self.name(what),
             image: self.image.clone(),
             env: vec![EnvVar::plain("PROBE", "1")],
+            stdin_secrets: vec![],
             command: Some(vec!["sh".into(), "-c".into(), script.into()]),
             labels: self.labels(Some(Uuid::now_v7())),
             network: network.to_string(),

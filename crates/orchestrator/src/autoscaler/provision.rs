@@ -6,7 +6,7 @@ use std::time::Duration;
 use proxy_runner_domain::failure::Failure;
 use proxy_runner_domain::names::network_name;
 use proxy_runner_domain::ports::{
-    BackendError, ContainerSpec, EnvVar, GitHubError, JitRequest, Scope, StartedContainer,
+    BackendError, ContainerSpec, GitHubError, JitRequest, Scope, StartedContainer, StdinSecret,
 };
 use proxy_runner_domain::runner_plan::{
     self, EphemeralRunner, JITCONFIG_ENV, Placement, REGISTRATION_TOKEN_ENV,
@@ -98,7 +98,7 @@ impl Autoscaler {
         job: &mut Job,
         runner: &EphemeralRunner,
         scope: &Scope,
-    ) -> Result<EnvVar, Failure> {
+    ) -> Result<StdinSecret, Failure> {
         match self.config.registration {
             Registration::Jit => {
                 let request = JitRequest {
@@ -117,7 +117,7 @@ impl Autoscaler {
                 }
                 .map_err(|e| Failure::from_github(&e))?;
                 job.runner_registered(jit.runner_id);
-                Ok(EnvVar::secret(JITCONFIG_ENV, jit.encoded_jit_config))
+                Ok(StdinSecret::new(JITCONFIG_ENV, jit.encoded_jit_config))
             }
             Registration::RegistrationToken => {
                 let token = self
@@ -125,7 +125,7 @@ impl Autoscaler {
                     .create_registration_token(scope)
                     .await
                     .map_err(|e| Failure::from_github(&e))?;
-                Ok(EnvVar::secret(REGISTRATION_TOKEN_ENV, token.token))
+                Ok(StdinSecret::new(REGISTRATION_TOKEN_ENV, token.token))
             }
         }
     }
