@@ -64,11 +64,18 @@ fn idle_and_slow_connections_are_closed_after_the_header_deadline() {
 #[test]
 fn a_body_trickled_in_is_cut_off_at_the_body_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let s = server(&dir, &[("PROXY_RUNNER_HTTP_BODY_DEADLINE_SECS", "2")]);
+    let s = server(
+        &dir,
+        &[
+            ("PROXY_RUNNER_HTTP_BODY_DEADLINE_SECS", "2"),
+            ("PROXY_RUNNER_ADMIN_TOKEN", "admin-trickle"),
+        ],
+    );
     let mut stream = TcpStream::connect(s.address()).unwrap();
+    // Authenticated, so the body is read (an anonymous one never is).
     write!(
         stream,
-        "POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        "POST /api/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-trickle\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
     )
     .unwrap();
     // A byte every 200 ms never stalls; it would take 200 s to finish.

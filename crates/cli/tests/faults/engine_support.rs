@@ -753,6 +753,7 @@ impl EngineProxy {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
                 let mut conns = state.connections.lock().unwrap();
@@ -786,7 +787,7 @@ fn full(status: StatusCode, body: Value) -> Response<ProxyBody> {
 
 async fn forward(
     state: &ProxyState,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, hyper::Error> {
     let is_create =
         req.method() == hyper::Method::POST && req.uri().path().ends_with("/containers/create");
@@ -814,8 +815,25 @@ async fn forward(
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
-    let resp = sender.send_request(req).await?;
+    // An attach (the runner's credentials go over its stdin) switches the
+    // connection to a raw stream: both sides are joined once switched.
+    let client_side = req
+        .headers()
+        .contains_key(hyper::header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut req));
+    let mut resp = sender.send_request(req).await?;
+    if let Some(client_side) = client_side
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let engine_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(engine)) = (client_side.await, engine_side.await) {
+                let (mut client, mut engine) = (TokioIo::new(client), TokioIo::new(engine));
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+            }
+        });
+    }
     Ok(resp.map(|b| b.boxed()))
 }
