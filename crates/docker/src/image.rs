@@ -516,7 +516,10 @@ mod tests {
         assert!(dockerfile.contains("FROM scratch\n"));
         assert!(dockerfile.contains("USER 1001:1001\n"));
         assert!(
-            dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/proxy-runner\",\"sim-runner\"]\n")
+            dockerfile.contains(
+                "ENTRYPOINT [\"/usr/local/bin/proxy-runner\",\"sim-runner\",\"--credentials-on-stdin\"]\n"
+            ),
+            "{dockerfile}"
         );
         assert!(dockerfile.contains("CMD [\"--flag\"]\n"));
         assert!(dockerfile.contains("LABEL proxy-runner.image=\"runner\"\n"));
