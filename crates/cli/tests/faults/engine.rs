@@ -135,7 +135,10 @@ async fn failing_creates_are_retried_within_the_budget_and_fail_with_the_reason_
     assert!(duplicates.is_empty(), "{duplicates:?}");
 
     // Part 2: every create fails: the job fails after its budget with the
-    // engine's reason, and what each attempt registered is gone.
+    // engine's reason, and what each attempt registered is gone. No runner
+    // of part 1 may be left waiting, or it would take the job.
+    let left = world.await_nothing_left(Duration::from_secs(180)).await;
+    assert!(left.is_empty(), "left behind by part 1: {left:?}");
     proxy.fail_creates(u32::MAX);
     let before = proxy.failed_creates();
     let doomed = world.queue(1, STEPS).await;

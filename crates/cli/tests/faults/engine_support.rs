@@ -228,6 +228,10 @@ network_prefix = "pr-{instance}"
 max_concurrent = {max_concurrent}
 max_per_repository = {max_per_repository}
 max_attempts = {max_attempts}
+# A runner whose job another runner took (a hand-off) waits for a job until
+# this; then the reconciler asks GitHub and stops it. The default (600 s)
+# would outlast the checks that nothing is left.
+idle_timeout_secs = 20
 "#,
                 db = dir.path().join("db.sqlite").display().to_string(),
                 image = setup.image,

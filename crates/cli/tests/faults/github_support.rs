@@ -110,6 +110,9 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.toml");
         let repositories: Vec<String> = polled.iter().map(|r| format!("{r:?}")).collect();
+        // A runner whose job another runner took while the webhook saying
+        // so was lost idles until `idle_timeout_secs`; then the reconciler
+        // asks GitHub about its job. The default (600 s) outlasts the test.
         std::fs::write(
             &config,
             format!(
@@ -117,7 +120,8 @@ impl Rig {
                  [github]\napi_url = {api:?}\nweb_url = {public_url:?}\n\
                  [github.poll]\nrepositories = [{}]\ninterval_secs = {poll_secs}\n\
                  [runners]\nimage = {image:?}\nnetwork_prefix = \"proxy-runner-{instance}\"\n\
-                 max_concurrent = 4\nmax_per_repository = 4\n",
+                 max_concurrent = 4\nmax_per_repository = 4\n\
+                 idle_timeout_secs = 30\n",
                 repositories.join(", ")
             ),
         )
