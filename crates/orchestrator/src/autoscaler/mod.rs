@@ -157,6 +157,9 @@ pub struct Autoscaler {
     network_lock: tokio::sync::Mutex<()>,
     /// When each quiet running job was last asked about on GitHub.
     last_asked: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+    /// Jobs that ended served by a runner other than the last one started
+    /// for them: the reconciler deletes what is left registered for them.
+    ended_elsewhere: Mutex<Vec<Job>>,
     /// Networks the last reconciliation found without containers.
     empty_networks: Mutex<HashSet<String>>,
 }
@@ -181,6 +184,7 @@ impl Autoscaler {
             in_flight: Mutex::new(HashMap::new()),
             network_lock: tokio::sync::Mutex::new(()),
             last_asked: Mutex::new(HashMap::new()),
+            ended_elsewhere: Mutex::new(Vec::new()),
             empty_networks: Mutex::new(HashSet::new()),
         }
     }
@@ -262,7 +266,17 @@ impl Autoscaler {
         expected: JobStatus,
         audit: &[AuditEvent],
     ) -> Result<bool, StoreError> {
-        self.store.update_job(job, expected, audit).await
+        let saved = self.store.update_job(job, expected, audit).await?;
+        // A runner minted for this job just before a kill, whose container
+        // never came, is named for the job but serves nothing: once the job
+        // ended in another runner, nothing else would ever delete it.
+        if saved
+            && job.status.is_terminal()
+            && (job.container_id.is_none() || job.ran_in_container_id != job.container_id)
+        {
+            lock(&self.ended_elsewhere).push(job.clone());
+        }
+        Ok(saved)
     }
 
     /// Whether an ephemeral runner is started for a job with these labels

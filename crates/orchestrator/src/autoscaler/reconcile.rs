@@ -45,6 +45,10 @@ impl Autoscaler {
         self.stop_idle_runners(&live, &in_flight).await;
         self.remove_empty_networks(&live).await;
         self.ask_about_quiet_jobs().await;
+        let ended = std::mem::take(&mut *lock(&self.ended_elsewhere));
+        for job in &ended {
+            self.delete_runners_without_container(job).await;
+        }
     }
 
     /// Removes networks of ours that no container used in this pass nor in
