@@ -223,19 +223,8 @@ fn parse_list_query(query: &HashMap<String, String>) -> ApiResult<JobFilter> {
                 )
             }
             "repository" => filter.repository = Some(v.clone()),
-            "limit" => {
-                filter.limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| ApiError::bad_query(format!("limit: must be 1..={MAX_PAGE}")))?
-            }
-            "after" => {
-                filter.after = Some(
-                    Uuid::parse_str(v)
-                        .map_err(|_| ApiError::bad_query("after: must be a job id"))?,
-                )
-            }
+            "limit" => filter.limit = page_limit(v)?,
+            "after" => filter.after = Some(page_after(v, "job")?),
             other => {
                 return Err(ApiError::bad_query(format!(
                     "unknown query parameter {other:?}"
@@ -322,6 +311,19 @@ async fn revoke_token_by_value(
     Ok(Json(token_json(&record)))
 }
 
+/// `limit` of a paged listing.
+fn page_limit(v: &str) -> ApiResult<usize> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_PAGE).contains(n))
+        .ok_or_else(|| ApiError::bad_query(format!("limit: must be 1..={MAX_PAGE}")))
+}
+
+/// `after` of a paged listing: the id of the last item of the page before.
+fn page_after(v: &str, what: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(v).map_err(|_| ApiError::bad_query(format!("after: must be a {what} id")))
+}
+
 fn parse_token_query(query: &HashMap<String, String>) -> ApiResult<TokenFilter> {
     let mut filter = TokenFilter {
         limit: DEFAULT_PAGE,
@@ -330,19 +332,8 @@ fn parse_token_query(query: &HashMap<String, String>) -> ApiResult<TokenFilter> 
     for (k, v) in query {
         match k.as_str() {
             "runner" => filter.runner = Some(v.clone()),
-            "limit" => {
-                filter.limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| ApiError::bad_query(format!("limit: must be 1..={MAX_PAGE}")))?
-            }
-            "after" => {
-                filter.after = Some(
-                    Uuid::parse_str(v)
-                        .map_err(|_| ApiError::bad_query("after: must be a token id"))?,
-                )
-            }
+            "limit" => filter.limit = page_limit(v)?,
+            "after" => filter.after = Some(page_after(v, "token")?),
             other => {
                 return Err(ApiError::bad_query(format!(
                     "unknown query parameter {other:?}"
