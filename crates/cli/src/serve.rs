@@ -53,6 +53,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The autoscaler (none with the dry-run or proxy-only setups).
+    pub fn autoscaler(&self) -> Option<&Arc<Autoscaler>> {
+        self.autoscaler.as_ref()
+    }
+
     /// Stops intake (no new connections, no new scheduling rounds, no
     /// polling), lets requests and provisioning under way finish within the
     /// grace, and leaves running jobs and their containers alone: the next

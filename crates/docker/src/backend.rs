@@ -250,12 +250,9 @@ impl DockerBackend {
         entrypoint: Option<Vec<String>>,
     ) -> Result<StartedContainer, BackendError> {
         let docker = self.client().await?;
-        // Never pull: the image must be there already.
-        if !self.image_exists(&spec.image).await? {
-            return Err(BackendError::ImageMissing {
-                image: spec.image.clone(),
-            });
-        }
+        // Never pull: a create naming an image that is not here fails with
+        // 404 "No such image" (`create_error` makes it `ImageMissing`); no
+        // separate look first, which would cost a round trip per start.
         // Keeps the placeholders valid until the create request is sent.
         let mut stashed: Vec<StashedSecret> = Vec::new();
         let mut env = Vec::with_capacity(spec.env.len());
@@ -281,19 +278,12 @@ impl DockerBackend {
             Some(stdin_payload(&spec.stdin_secrets).map_err(BackendError::Other)?)
         };
         let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            user: Some(spec.hardening.user.clone()),
-            env: Some(env),
-            cmd: spec.command.clone(),
-            entrypoint,
-            labels: Some(label_map(&spec.labels)),
-            host_config: Some(host_config(spec, &self.options.tmpfs_size)?),
             // A stdin the entrypoint reads the hand-over from; it ends when
             // our one attachment does (also if this process dies meanwhile).
             open_stdin: handover.is_some().then_some(true),
             stdin_once: handover.is_some().then_some(true),
             attach_stdin: handover.is_some().then_some(true),
-            ..Default::default()
+            ..self.create_body(spec, env, entrypoint)?
         };
         let options = CreateContainerOptions {
             name: Some(spec.name.clone()),
@@ -316,22 +306,27 @@ impl DockerBackend {
                 )
                 .await;
         };
-        // Attached before the start, so that nothing the entrypoint reads
-        // can be missed.
-        let stdin = match &handover {
-            None => None,
-            Some(_) => match self.attach_stdin(docker, &created.id).await {
-                Ok(input) => Some(input),
-                Err(err) => {
-                    remove().await;
-                    return Err(err);
-                }
-            },
+        // Attached while the start is under way: an open stdin stays open
+        // with nothing in it until our attachment writes and closes it, so
+        // the entrypoint waits for the hand-over however the two interleave.
+        let attach = async {
+            match &handover {
+                None => Ok(None),
+                Some(_) => self.attach_stdin(docker, &created.id).await.map(Some),
+            }
         };
-        if let Err(err) = docker.start_container(&created.id, None).await {
-            remove().await;
-            return Err(start_error(err));
-        }
+        let (stdin, started) = tokio::join!(attach, docker.start_container(&created.id, None));
+        let stdin = match (stdin, started) {
+            (Ok(stdin), Ok(())) => stdin,
+            (Err(err), _) => {
+                remove().await;
+                return Err(err);
+            }
+            (_, Err(err)) => {
+                remove().await;
+                return Err(start_error(err));
+            }
+        };
         if let (Some(input), Some(payload)) = (stdin, &handover)
             && let Err(err) = self.hand_over(input, payload).await
         {
@@ -344,6 +339,63 @@ impl DockerBackend {
             id: created.id,
             name: spec.name.clone(),
         })
+    }
+
+    /// The create request for `spec` with `env` as given (placeholders for
+    /// secrets), without a standard input.
+    fn create_body(
+        &self,
+        spec: &ContainerSpec,
+        env: Vec<String>,
+        entrypoint: Option<Vec<String>>,
+    ) -> Result<ContainerCreateBody, BackendError> {
+        Ok(ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            user: Some(spec.hardening.user.clone()),
+            env: Some(env),
+            cmd: spec.command.clone(),
+            entrypoint,
+            labels: Some(label_map(&spec.labels)),
+            host_config: Some(host_config(spec, &self.options.tmpfs_size)?),
+            ..Default::default()
+        })
+    }
+
+    /// Creates and starts `spec`'s container with two Engine API calls and
+    /// nothing else: no hand-over on stdin, no checks. The yardstick that
+    /// `proxy-runner bench` measures [`ContainerBackend::start`] against;
+    /// `spec` must carry no secret (they would be sent as they are).
+    pub async fn create_and_start_plain(
+        &self,
+        spec: &ContainerSpec,
+    ) -> Result<String, BackendError> {
+        let no_secrets = || BackendError::Other("a plain start takes no secrets".into());
+        if !spec.stdin_secrets.is_empty() {
+            return Err(no_secrets());
+        }
+        let env = spec
+            .env
+            .iter()
+            .map(|v| match &v.value {
+                EnvValue::Plain(value) => Ok(format!("{}={value}", v.name)),
+                EnvValue::Secret(_) => Err(no_secrets()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let docker = self.client().await?;
+        let body = self.create_body(spec, env, None)?;
+        let options = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| create_error(e, &spec.name, &spec.image))?;
+        docker
+            .start_container(&created.id, None)
+            .await
+            .map_err(start_error)?;
+        Ok(created.id)
     }
 
     /// Opens the container's standard input (a hijacked attach connection).
@@ -606,6 +658,10 @@ impl ContainerBackend for DockerBackend {
             }) => Ok(()),
             Err(err) => Err(engine_error(err)),
         }
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), BackendError> {
+        self.remove_container(container_id).await.map(|_| ())
     }
 
     async fn list_networks(&self, instance: &str) -> Result<Vec<NetworkSpec>, BackendError> {

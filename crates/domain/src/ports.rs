@@ -221,6 +221,24 @@ pub trait JobStore: Send + Sync + 'static {
         run_attempt: u32,
     ) -> Result<Option<Job>, StoreError>;
 
+    /// Running jobs recorded from GitHub's events (not from a hook) that
+    /// GitHub says `runner_name` runs for this run attempt, newest first (at
+    /// most a few): the record a delegation of the same job replaces.
+    async fn find_tracking_records(
+        &self,
+        runner_name: &str,
+        repository: &str,
+        run_id: u64,
+        run_attempt: u32,
+    ) -> Result<Vec<Job>, StoreError>;
+
+    /// The repositories (as stored) of jobs written at or after `since`: the
+    /// scopes where runners of recent jobs may still be registered.
+    async fn repositories_updated_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// The job that ran in `container_id` although the container was
     /// started for another job.
     async fn find_job_ran_in_container(
@@ -652,6 +670,9 @@ pub trait ContainerBackend: Send + Sync + 'static {
     async fn start(&self, spec: &ContainerSpec) -> Result<StartedContainer, BackendError>;
     /// Stops (and so, with auto-remove, removes) a container; `NotFound` if gone.
     async fn stop(&self, container_id: &str, grace: Duration) -> Result<(), BackendError>;
+    /// Removes a container whatever its state (one that was created and
+    /// never started is not auto-removed); `Ok` when it is already gone.
+    async fn remove(&self, container_id: &str) -> Result<(), BackendError>;
     /// Removes the network when no container is attached; true if removed.
     async fn remove_network_if_unused(&self, name: &str) -> Result<bool, BackendError>;
     /// Containers carrying `proxy-runner.instance={instance}`.

@@ -515,13 +515,21 @@ async fn set_faults(
         secondary_status,
         error_statuses,
         drop_webhook_share: share(&body, "dropWebhookShare")?.unwrap_or(0.0),
+        hold_jobs: match body.get("holdJobs") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(invalid("holdJobs must be true or false")),
+        },
     };
     shared.world().faults = faults;
+    // Runners waiting for work look again (held jobs may be free now).
+    shared.job_queued.notify_waiters();
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
 async fn clear_faults(State(shared): State<Arc<Shared>>) -> AdminResult {
     shared.world().faults = Faults::default();
+    shared.job_queued.notify_waiters();
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
@@ -547,6 +555,7 @@ async fn get_faults(State(shared): State<Arc<Shared>>) -> AdminResult {
             "rateLimit": left(f.rate_limited_until).map(|s| json!({"resetInSecs": s})),
             "secondaryRateLimit": left(f.secondary_until).map(|s| json!({"retryAfterSecs": s, "status": f.secondary_status.unwrap_or(403)})),
             "dropWebhookShare": f.drop_webhook_share,
+            "holdJobs": f.hold_jobs,
         }),
     ))
 }

@@ -197,6 +197,8 @@ pub(crate) struct Faults {
     /// 429, or 403 when unset: GitHub answers secondary limits with either.
     pub secondary_status: Option<u16>,
     pub drop_webhook_share: f64,
+    /// While set, no queued job is handed to a runner.
+    pub hold_jobs: bool,
 }
 
 /// One REST request as the emulator saw it (admin API `GET /_emulator/requests`).
@@ -618,6 +620,9 @@ impl World {
         if let Some(current) = runner.job {
             // A runner asking again (e.g. after a lost answer) gets its job again.
             return self.jobs.get(&current).map(handout);
+        }
+        if self.faults.hold_jobs {
+            return None;
         }
         let runner_labels = runner.label_names();
         let job_id = self

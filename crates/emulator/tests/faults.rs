@@ -203,6 +203,46 @@ async fn faults_never_touch_the_admin_api_or_runners() {
 }
 
 #[tokio::test]
+async fn held_jobs_go_to_no_runner_until_released() {
+    let h = Harness::start().await;
+    let (_, config) = h.jit("/repos/octo/app", "waiting", &["self-hosted"]).await;
+    h.admin("POST", "/faults", Some(json!({"holdJobs": true})))
+        .await;
+    let (job, _) = h.create_job("octo/app", &["self-hosted"], &["ok"]).await;
+    let runner = SimRunner::from_jit_config(&config).unwrap();
+    let waiting = tokio::spawn(async move {
+        runner
+            .run(
+                &RecordingExecutor::default(),
+                &RunOptions {
+                    job_wait: Some(Duration::from_secs(60)),
+                    ..RunOptions::default()
+                },
+            )
+            .await
+    });
+    // Once the runner asks for work (online) it has looked at the job.
+    loop {
+        let (_, runners) = h.admin("GET", "/runners", None).await;
+        if runners[0]["status"] == "online" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h.job(job).await["status"],
+        "queued",
+        "a held job was handed out"
+    );
+    let (_, faults) = h.admin("GET", "/faults", None).await;
+    assert_eq!(faults["holdJobs"], true);
+    h.admin("POST", "/faults", Some(json!({}))).await;
+    let outcome = waiting.await.unwrap().unwrap();
+    assert_eq!(outcome.job().unwrap().job_id, job);
+    assert_eq!(h.job(job).await["conclusion"], "success");
+}
+
+#[tokio::test]
 async fn latency_delays_rest_calls() {
     let h = Harness::start().await;
     h.admin("POST", "/faults", Some(json!({"latencyMs": 300})))
@@ -225,6 +265,7 @@ async fn bad_fault_settings_are_refused() {
         json!({"errorShare": "half"}),
         json!({"errorCount": -1}),
         json!({"latencyMs": 3_600_000}),
+        json!({"holdJobs": "yes"}),
         json!({"rateLimit": 5}),
         json!({"rateLimit": {}}),
         json!({"secondaryRateLimit": {"retryAfterSecs": "soon"}}),

@@ -29,6 +29,7 @@ pub enum DryRunCall {
         labels: Vec<(String, String)>,
     },
     Stop(String),
+    Remove(String),
     RemoveNetwork(String),
 }
 
@@ -83,6 +84,13 @@ impl DryRunBackend {
         } else {
             Ok(())
         }
+    }
+
+    /// Puts a container on the pretend engine as an earlier run of the
+    /// orchestrator may have left it (`running: false`: created, never
+    /// started).
+    pub fn plant(&self, info: ContainerInfo) {
+        lock(&self.live).push(info);
     }
 
     /// Containers currently "running".
@@ -195,6 +203,15 @@ impl ContainerBackend for DryRunBackend {
             return Err(BackendError::NotFound(container_id.to_string()));
         }
         self.exit(container_id, 137);
+        Ok(())
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), BackendError> {
+        self.record(DryRunCall::Remove(container_id.to_string()));
+        let known = lock(&self.live).iter().any(|c| c.id == container_id);
+        if known {
+            self.exit(container_id, 137);
+        }
         Ok(())
     }
 

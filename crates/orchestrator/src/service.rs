@@ -7,7 +7,7 @@ use std::sync::Arc;
 use proxy_runner_domain::ports::{
     ContainerBackend, JobFilter, JobStore, StoreError, TokenFilter, TokenRecord,
 };
-use proxy_runner_domain::{Job, JobSource, JobStatus, TransitionError};
+use proxy_runner_domain::{Job, JobSource, TransitionError};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
@@ -166,23 +166,14 @@ impl Orchestrator {
         let Some(runner) = job.runner_name.as_deref() else {
             return Ok(None);
         };
-        let running = self
+        let candidates = self
             .store
-            .list_jobs(&JobFilter {
-                status: Some(JobStatus::Running),
-                repository: Some(job.repository.clone()),
-                after: None,
-                limit: 500,
-            })
+            .find_tracking_records(runner, &job.repository, job.run_id, job.run_attempt)
             .await?;
-        let Some(tracking) = running.into_iter().find(|j| {
-            j.source != JobSource::Hook
-                && j.runner_name.as_deref() == Some(runner)
-                && j.run_id == job.run_id
-                && j.run_attempt == job.run_attempt
-                && j.attempts == 0
-                && j.container_id.is_none()
-        }) else {
+        let Some(tracking) = candidates
+            .into_iter()
+            .find(|j| j.source != JobSource::Hook && j.attempts == 0 && j.container_id.is_none())
+        else {
             return Ok(None);
         };
         let Some(github_job_id) = tracking.github_job_id else {

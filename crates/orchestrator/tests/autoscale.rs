@@ -1090,6 +1090,135 @@ async fn the_idle_reaper_asks_github_before_stopping_a_runner_we_heard_nothing_f
 }
 
 #[tokio::test]
+async fn a_container_created_and_never_started_is_removed_on_the_second_sighting() {
+    use proxy_runner_domain::ports::{ContainerInfo, labels};
+    let r = rig(AutoscaleConfig::default()).await;
+    // A kill between create and start left a container of this job that
+    // never ran; the job was queued again and runs in another container.
+    let id = queue(&r, &info(70, "o/r", &["self-hosted"]), JobSource::Webhook).await;
+    settle(&r).await;
+    let job = r.store.get_job(id).await.unwrap().unwrap();
+    let recorded = job.container_id.clone().unwrap();
+    let instance = r.scaler.config().instance.clone();
+    let leftover = ContainerInfo {
+        id: "never-started".into(),
+        name: format!("runner-{id}-0badf00d"),
+        labels: [
+            (labels::INSTANCE.to_string(), instance.clone()),
+            (labels::JOB_ID.to_string(), id.to_string()),
+            (labels::REPOSITORY.to_string(), "o/r".to_string()),
+        ]
+        .into(),
+        running: false,
+    };
+    r.backend.plant(leftover);
+    let removed = |r: &Rig| {
+        r.backend
+            .calls()
+            .contains(&DryRunCall::Remove("never-started".into()))
+    };
+    r.scaler.reconcile().await;
+    assert!(!removed(&r), "removed at its first sighting");
+    r.scaler.reconcile().await;
+    assert!(removed(&r), "a container that never ran was left");
+    assert!(r.backend.live().iter().all(|c| c.id != "never-started"));
+    assert!(
+        r.backend.live().iter().any(|c| c.id == recorded),
+        "the job's own container stays"
+    );
+    assert!(
+        !r.backend
+            .calls()
+            .iter()
+            .any(|c| matches!(c, DryRunCall::Remove(x) | DryRunCall::Stop(x) if *x == recorded)),
+        "the running container of the job was touched"
+    );
+}
+
+/// Registers a runner named `name` at the fake GitHub as minting a JIT
+/// config for it would; returns its id.
+async fn mint(r: &Rig, repo: &str, name: String) -> u64 {
+    use proxy_runner_domain::ports::{JitRequest, RunnerRegistry, Scope};
+    let scope = Scope::repository(repo).unwrap();
+    let request = JitRequest {
+        name,
+        labels: vec!["self-hosted".into()],
+        runner_group_id: 1,
+        work_folder: "_work".into(),
+    };
+    r.registry
+        .generate_jit_config(&scope, &request)
+        .await
+        .unwrap()
+        .runner_id
+}
+
+#[tokio::test]
+async fn runners_left_registered_for_ended_jobs_are_deleted_also_after_a_restart() {
+    use proxy_runner_orchestrator::sources::Sources;
+    let r = rig(AutoscaleConfig::default()).await;
+    let ev = info(81, "o/r", &["self-hosted"]);
+    let id = queue(&r, &ev, JobSource::Webhook).await;
+    let other = queue(&r, &info(82, "o/r", &["self-hosted"]), JobSource::Webhook).await;
+    settle(&r).await;
+    // Runners minted for the jobs whose containers never came (a kill
+    // between minting and create), and one named for a job this store does
+    // not know (another instance's).
+    let stray = mint(&r, "o/r", format!("ephemeral-{id}-0badf00d")).await;
+    let of_running = mint(&r, "o/r", format!("ephemeral-{other}-0badf00d")).await;
+    let foreign = mint(
+        &r,
+        "o/r",
+        format!("ephemeral-{}-00000000", uuid::Uuid::now_v7()),
+    )
+    .await;
+
+    // The job ends, served by a runner of someone else.
+    let mut done = ev.clone();
+    done.status = "completed".into();
+    done.conclusion = Some("success".into());
+    done.runner_name = Some("someone-else".into());
+    r.scaler
+        .ingest(JobAction::Completed, &done, JobSource::Webhook)
+        .await
+        .unwrap();
+    r.scaler.reconcile().await;
+    let deleted = r.registry.deleted();
+    assert!(
+        deleted.contains(&stray),
+        "the ended job's stray runner stays"
+    );
+    assert!(
+        !deleted.contains(&of_running),
+        "a running job's runner went"
+    );
+    assert!(
+        !deleted.contains(&foreign),
+        "another instance's runner went"
+    );
+
+    // The same after a restart that came before any reconciliation: the
+    // new process finds the repository from the store.
+    let late = mint(&r, "o/r", format!("ephemeral-{id}-0ddba11")).await;
+    let restarted = Autoscaler::new(
+        r.store.clone(),
+        r.backend.clone(),
+        r.registry.clone(),
+        Sources {
+            clock: r.clock.clone(),
+            ..Sources::system()
+        },
+        r.scaler.config().clone(),
+    );
+    restarted.reconcile().await;
+    assert!(
+        r.registry.deleted().contains(&late),
+        "a stray runner stays after a restart"
+    );
+    assert!(!r.registry.deleted().contains(&of_running));
+}
+
+#[tokio::test]
 async fn the_reconciler_removes_networks_left_empty_but_not_one_in_use() {
     use proxy_runner_domain::ports::ContainerBackend;
     use proxy_runner_domain::runner_plan::network_spec;

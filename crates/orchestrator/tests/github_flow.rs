@@ -100,6 +100,10 @@ impl ContainerBackend for InProcessRunners {
     async fn stop(&self, _id: &str, _grace: Duration) -> Result<(), BackendError> {
         Ok(())
     }
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        self.live.lock().unwrap().remove(id);
+        Ok(())
+    }
     async fn remove_network_if_unused(&self, _name: &str) -> Result<bool, BackendError> {
         Ok(true)
     }

@@ -533,6 +533,47 @@ impl JobStore for PostgresStore {
             .collect()
     }
 
+    async fn repositories_updated_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT lower(repository) FROM jobs WHERE updated_at >= $1
+             ORDER BY 1 LIMIT 10000",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(rows.into_iter().map(|(r,)| r).collect())
+    }
+
+    async fn find_tracking_records(
+        &self,
+        runner_name: &str,
+        repository: &str,
+        run_id: u64,
+        run_attempt: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        let sql = select_jobs!(
+            "WHERE runner_name = $1 AND lower(repository) = lower($2) AND status = 'running'
+               AND github_job_id IS NOT NULL AND source <> 'hook'
+               AND run_id = $3 AND run_attempt = $4
+             ORDER BY id DESC LIMIT 8"
+        );
+        let rows = sqlx::query(sql)
+            .bind(runner_name)
+            .bind(repository)
+            .bind(i64_id(run_id)?)
+            .bind(i64::from(run_attempt))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        rows.iter()
+            .map(|row| job_from_row(&self.target, row))
+            .collect()
+    }
+
     async fn find_unlinked_hook_job(
         &self,
         runner_name: &str,

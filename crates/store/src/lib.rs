@@ -407,6 +407,45 @@ impl JobStore for SqliteStore {
             .collect()
     }
 
+    async fn repositories_updated_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT repository FROM jobs WHERE updated_at >= ? ORDER BY repository LIMIT 10000",
+        )
+        .bind(ts(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows.into_iter().map(|(r,)| r).collect())
+    }
+
+    async fn find_tracking_records(
+        &self,
+        runner_name: &str,
+        repository: &str,
+        run_id: u64,
+        run_attempt: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT data, revision FROM jobs
+             WHERE runner_name = ? AND repository = ? AND status = 'running'
+               AND github_job_id IS NOT NULL
+               AND json_extract(data, '$.source') != 'hook'
+               AND json_extract(data, '$.runId') = ? AND json_extract(data, '$.runAttempt') = ?
+             ORDER BY id DESC LIMIT 8",
+        )
+        .bind(runner_name)
+        .bind(repository)
+        .bind(i64_id(run_id)?)
+        .bind(i64::from(run_attempt))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     async fn find_unlinked_hook_job(
         &self,
         runner_name: &str,

@@ -38,6 +38,9 @@ pub struct FakeRegistry {
     /// While a test holds it for writing, JIT calls wait after being
     /// recorded: a provisioning held mid-way.
     pub jit_gate: tokio::sync::RwLock<()>,
+    /// Runners registered by JIT configs and not deleted, as GitHub lists
+    /// them (offline and idle until a test marks one busy).
+    pub runners: Mutex<Vec<(Scope, RunnerInfo)>>,
 }
 
 pub const JIT_SECRET_PREFIX: &str = "jit-SECRET-";
@@ -78,6 +81,18 @@ impl RunnerRegistry for FakeRegistry {
         }
         let mut id = self.next_id.lock().unwrap();
         *id += 1;
+        self.runners.lock().unwrap().push((
+            scope.clone(),
+            RunnerInfo {
+                id: *id,
+                name: request.name.clone(),
+                os: "linux".into(),
+                status: "offline".into(),
+                busy: false,
+                labels: request.labels.clone(),
+                ephemeral: true,
+            },
+        ));
         Ok(JitConfig {
             runner_id: *id,
             runner_name: request.name.clone(),
@@ -102,6 +117,10 @@ impl RunnerRegistry for FakeRegistry {
             scope: scope.clone(),
             runner_id,
         });
+        self.runners
+            .lock()
+            .unwrap()
+            .retain(|(s, r)| !(s == scope && r.id == runner_id));
         Ok(())
     }
     async fn list_runners(&self, scope: &Scope) -> Result<Vec<RunnerInfo>, GitHubError> {
@@ -109,7 +128,14 @@ impl RunnerRegistry for FakeRegistry {
             .lock()
             .unwrap()
             .push(RegistryCall::List(scope.clone()));
-        Ok(Vec::new())
+        Ok(self
+            .runners
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s == scope)
+            .map(|(_, r)| r.clone())
+            .collect())
     }
     async fn get_workflow_job(
         &self,

@@ -88,6 +88,8 @@ macro_rules! job_store_contract {
             the_active_hook_job_of_a_runner_is_its_newest_unfinished_one,
             a_job_is_deleted_only_at_the_revision_it_was_read,
             hook_jobs_are_found_for_linking_until_linked,
+            running_webhook_records_of_a_runner_are_found_for_a_delegation,
+            repositories_of_recent_writes_are_listed,
             the_job_that_ran_in_another_jobs_container_is_found,
             ping_answers,
             racing_compare_and_set_writers_one_wins_per_round,
@@ -963,6 +965,109 @@ pub async fn hook_jobs_are_found_for_linking_until_linked(store: Arc<dyn JobStor
             .unwrap()
             .map(|j| j.id),
         Some(job.id)
+    );
+}
+
+pub async fn running_webhook_records_of_a_runner_are_found_for_a_delegation(
+    store: Arc<dyn JobStore>,
+) {
+    let tracked = |github_job_id: u64, runner: &str, run_id: u64, status: JobStatus| {
+        let mut j = webhook_job("o/r", github_job_id);
+        j.runner_name = Some(runner.into());
+        j.run_id = run_id;
+        (j, status)
+    };
+    let mut ids = Vec::new();
+    for (mut job, status) in [
+        tracked(1, "proxy-1", 42, JobStatus::Running),
+        tracked(2, "proxy-1", 42, JobStatus::Running),
+        tracked(3, "proxy-1", 42, JobStatus::Queued),
+        tracked(4, "proxy-2", 42, JobStatus::Running),
+        tracked(5, "proxy-1", 43, JobStatus::Running),
+    ] {
+        store.insert_job(&job, &[]).await.unwrap();
+        if status != JobStatus::Queued {
+            job.status = status;
+            assert!(
+                store
+                    .update_job(&mut job, JobStatus::Queued, &[])
+                    .await
+                    .unwrap()
+            );
+        }
+        ids.push(job.id);
+    }
+    // A hook job of the same run and runner is not a tracking record.
+    let mut hook = hook_job("o/r", "build", "proxy-1", 42);
+    hook.github_job_id = Some(6);
+    store.insert_job(&hook, &[]).await.unwrap();
+    hook.status = JobStatus::Running;
+    assert!(
+        store
+            .update_job(&mut hook, JobStatus::Queued, &[])
+            .await
+            .unwrap()
+    );
+
+    let found: Vec<Uuid> = store
+        .find_tracking_records("proxy-1", "O/R", 42, 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(
+        found,
+        vec![ids[1], ids[0]],
+        "newest first; repository ignores case"
+    );
+    for (runner, repo, run, attempt) in [
+        ("proxy-1", "o/r", 42, 2),
+        ("proxy-3", "o/r", 42, 1),
+        ("proxy-1", "o/x", 42, 1),
+        ("proxy-1", "o/r", 44, 1),
+    ] {
+        let found = store
+            .find_tracking_records(runner, repo, run, attempt)
+            .await
+            .unwrap();
+        assert!(found.is_empty(), "{runner} {repo} {run} {attempt}");
+    }
+}
+
+pub async fn repositories_of_recent_writes_are_listed(store: Arc<dyn JobStore>) {
+    let mut old = webhook_job("o/old", 1);
+    old.updated_at = t(0);
+    store.insert_job(&old, &[]).await.unwrap();
+    for (repo, id) in [("o/new", 2), ("o/new", 3), ("o/also", 4)] {
+        let mut j = webhook_job(repo, id);
+        j.updated_at = t(100);
+        store.insert_job(&j, &[]).await.unwrap();
+    }
+    // An update counts as a write at its time.
+    let mut touched = webhook_job("o/touched", 5);
+    store.insert_job(&touched, &[]).await.unwrap();
+    touched.updated_at = t(200);
+    touched.status = JobStatus::Cancelled;
+    assert!(
+        store
+            .update_job(&mut touched, JobStatus::Queued, &[])
+            .await
+            .unwrap()
+    );
+    let mut since = store.repositories_updated_since(t(100)).await.unwrap();
+    since.sort();
+    assert_eq!(since, vec!["o/also", "o/new", "o/touched"]);
+    assert_eq!(
+        store.repositories_updated_since(t(150)).await.unwrap(),
+        vec!["o/touched"]
+    );
+    assert!(
+        store
+            .repositories_updated_since(t(201))
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

@@ -613,9 +613,11 @@ impl EngineEvents {
 /// A container's life: its id, creation and end (None: still there).
 type Life<'a> = (&'a str, Instant, Option<Instant>);
 
-/// Containers of one job that lived at the same time while each was serving
+/// Containers of one job that ran at the same time while each was serving
 /// that job: a duplicate. A container that ran another job (a hand-off,
-/// `ranInContainerId` of that job) does not serve its own job.
+/// `ranInContainerId` of that job) does not serve its own job; one that was
+/// created and never started (a kill between create and start) served
+/// nothing: a life begins at the container's start.
 pub fn duplicate_containers(events: &[EngineEvent], store: &[Value]) -> Vec<String> {
     let serving_other: HashSet<&str> = store
         .iter()
@@ -624,8 +626,10 @@ pub fn duplicate_containers(events: &[EngineEvent], store: &[Value]) -> Vec<Stri
     let mut lives: HashMap<&str, (Option<&str>, Instant, Option<Instant>)> = HashMap::new();
     for e in events.iter().filter(|e| e.kind == "container") {
         match e.action.as_str() {
-            "create" => {
-                lives.insert(&e.id, (e.job_id.as_deref(), e.at, None));
+            "start" => {
+                lives
+                    .entry(&e.id)
+                    .or_insert((e.job_id.as_deref(), e.at, None));
             }
             "destroy" | "die" => {
                 if let Some(life) = lives.get_mut(e.id.as_str())

@@ -206,6 +206,22 @@ async fn killing_the_orchestrator_mid_burst_loses_duplicates_and_orphans_nothing
         burst.as_secs_f64(),
     );
     println!("FIGURES orchestrator kill: {figures}");
+    // What the orchestrator said about each job a finding names.
+    let log = std::fs::read_to_string(world.log_path()).unwrap_or_default();
+    for finding in duplicate_containers.iter().chain(&orphans) {
+        let job = finding.split_whitespace().find_map(|w| {
+            let w = w
+                .trim_start_matches("ephemeral-")
+                .trim_start_matches("runner-");
+            w.get(..36)?.parse::<uuid::Uuid>().ok()
+        });
+        if let Some(job) = job.map(|j| j.to_string()) {
+            println!("log of {job}:");
+            for line in log.lines().filter(|l| l.contains(&job)) {
+                println!("  {line}");
+            }
+        }
+    }
     if !orphans.is_empty() {
         world.remove_leftovers().await;
     }

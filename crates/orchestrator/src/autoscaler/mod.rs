@@ -157,11 +157,17 @@ pub struct Autoscaler {
     network_lock: tokio::sync::Mutex<()>,
     /// When each quiet running job was last asked about on GitHub.
     last_asked: Mutex<HashMap<Uuid, DateTime<Utc>>>,
-    /// Jobs that ended served by a runner other than the last one started
-    /// for them: the reconciler deletes what is left registered for them.
-    ended_elsewhere: Mutex<Vec<Job>>,
+    /// Repositories (lower-case) where a job ended lately, with the number
+    /// of reconciliations left that look there for runners left registered
+    /// for ended jobs. Seeded at the first pass from the store, so a kill
+    /// loses none.
+    runner_sweeps: Mutex<HashMap<String, u8>>,
+    /// Whether the first reconciliation seeded `runner_sweeps`.
+    sweeps_seeded: std::sync::atomic::AtomicBool,
     /// Networks the last reconciliation found without containers.
     empty_networks: Mutex<HashSet<String>>,
+    /// Containers of ours the last reconciliation found not running.
+    stopped_containers: Mutex<HashSet<String>>,
 }
 
 impl Autoscaler {
@@ -184,8 +190,10 @@ impl Autoscaler {
             in_flight: Mutex::new(HashMap::new()),
             network_lock: tokio::sync::Mutex::new(()),
             last_asked: Mutex::new(HashMap::new()),
-            ended_elsewhere: Mutex::new(Vec::new()),
+            runner_sweeps: Mutex::new(HashMap::new()),
+            sweeps_seeded: std::sync::atomic::AtomicBool::new(false),
             empty_networks: Mutex::new(HashSet::new()),
+            stopped_containers: Mutex::new(HashSet::new()),
         }
     }
 
@@ -267,14 +275,11 @@ impl Autoscaler {
         audit: &[AuditEvent],
     ) -> Result<bool, StoreError> {
         let saved = self.store.update_job(job, expected, audit).await?;
-        // A runner minted for this job just before a kill, whose container
-        // never came, is named for the job but serves nothing: once the job
-        // ended in another runner, nothing else would ever delete it.
-        if saved
-            && job.status.is_terminal()
-            && (job.container_id.is_none() || job.ran_in_container_id != job.container_id)
-        {
-            lock(&self.ended_elsewhere).push(job.clone());
+        // A runner minted for this job whose container never came (a kill,
+        // a race with the job ending elsewhere) is named for the job but
+        // serves nothing: the reconciler looks for such runners.
+        if saved && job.status.is_terminal() {
+            self.sweep_runners_of(&job.repository);
         }
         Ok(saved)
     }
@@ -284,6 +289,13 @@ impl Autoscaler {
     fn autoscaled(&self, job_labels: &[String]) -> bool {
         matches!(self.pool_for(job_labels), Some(None))
             || matches!(self.pool_for(job_labels), Some(Some(p)) if p.path == JobPath::Autoscale)
+    }
+
+    /// Asks the next two reconciliations to delete runners of ended jobs
+    /// registered for `repository` (two: a runner minted while the first
+    /// one looked is caught by the second).
+    fn sweep_runners_of(&self, repository: &str) {
+        lock(&self.runner_sweeps).insert(repository.to_ascii_lowercase(), 2);
     }
 
     fn is_in_flight(&self, id: Uuid) -> bool {

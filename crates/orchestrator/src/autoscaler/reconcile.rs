@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use proxy_runner_domain::failure::Failure;
-use proxy_runner_domain::ports::{ContainerInfo, JobFilter, labels as label_keys};
+use proxy_runner_domain::ports::{ContainerInfo, JobFilter, Scope, labels as label_keys};
 use proxy_runner_domain::runner_plan::{runner_of_container, runner_owner};
 use proxy_runner_domain::sync::lock;
 use proxy_runner_domain::{Job, JobStatus};
@@ -43,12 +43,102 @@ impl Autoscaler {
         self.settle_provisioning(provisioning, &in_flight, &live)
             .await;
         self.stop_idle_runners(&live, &in_flight).await;
+        self.remove_unstarted_containers(&live).await;
         self.remove_empty_networks(&live).await;
         self.ask_about_quiet_jobs().await;
-        let ended = std::mem::take(&mut *lock(&self.ended_elsewhere));
-        for job in &ended {
-            self.delete_runners_without_container(job).await;
+        self.delete_runners_of_ended_jobs(&live).await;
+    }
+
+    /// Deletes idle runners named for jobs of ours that have ended, in the
+    /// repositories where jobs ended lately (and, at the first pass after a
+    /// start, those of every job written in the last `RECENT` hours: the
+    /// previous process may have been killed before it looked). A runner
+    /// whose container exists, or whose job is being provisioned, is left
+    /// alone; so are runners of jobs this store does not know (another
+    /// instance's).
+    async fn delete_runners_of_ended_jobs(&self, live: &[ContainerInfo]) {
+        const RECENT: i64 = 6;
+        if !self.sweeps_seeded.load(std::sync::atomic::Ordering::SeqCst) {
+            let since = self.now() - chrono::Duration::hours(RECENT);
+            let Ok(repositories) = self.store.repositories_updated_since(since).await else {
+                return;
+            };
+            for r in &repositories {
+                self.sweep_runners_of(r);
+            }
+            self.sweeps_seeded
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
+        let due: Vec<String> = {
+            let mut sweeps = lock(&self.runner_sweeps);
+            let due = sweeps.keys().cloned().collect();
+            sweeps.retain(|_, left| {
+                *left -= 1;
+                *left > 0
+            });
+            due
+        };
+        let with_container: HashSet<String> = live
+            .iter()
+            .filter_map(|c| runner_of_container(&c.name))
+            .collect();
+        // Repositories of one organisation share its scope: one look each.
+        let mut scopes: Vec<(Scope, Vec<String>)> = Vec::new();
+        for repository in due {
+            let Some(scope) = self.scope_for(&repository) else {
+                continue;
+            };
+            match scopes.iter_mut().find(|(s, _)| *s == scope) {
+                Some((_, repos)) => repos.push(repository),
+                None => scopes.push((scope, vec![repository])),
+            }
+        }
+        for (scope, repositories) in scopes {
+            if !self
+                .delete_runners_of_ended_jobs_in(&scope, &with_container)
+                .await
+            {
+                // GitHub or the store could not be asked: look again next time.
+                let mut sweeps = lock(&self.runner_sweeps);
+                for r in repositories {
+                    sweeps.entry(r).or_insert(1);
+                }
+            }
+        }
+    }
+
+    /// One repository's part of `delete_runners_of_ended_jobs`; false when
+    /// it could not look.
+    async fn delete_runners_of_ended_jobs_in(
+        &self,
+        scope: &Scope,
+        with_container: &HashSet<String>,
+    ) -> bool {
+        let Ok(runners) = self.registry.list_runners(scope).await else {
+            return false;
+        };
+        for r in runners {
+            let Some(owner) = runner_owner(&r.name) else {
+                continue;
+            };
+            if r.busy || with_container.contains(&r.name) || self.is_in_flight(owner) {
+                continue;
+            }
+            match self.store.get_job(owner).await {
+                Ok(Some(job)) if job.status.is_terminal() => {}
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+            match self.registry.delete_runner(scope, r.id).await {
+                Ok(()) => {
+                    tracing::info!(job = %owner, runner = %r.name, "runner of an ended job deleted")
+                }
+                Err(e) => {
+                    tracing::warn!(job = %owner, runner = %r.name, error = %e, "cannot delete runner")
+                }
+            }
+        }
+        true
     }
 
     /// Removes networks of ours that no container used in this pass nor in
@@ -86,6 +176,59 @@ impl Autoscaler {
                 }
                 Ok(false) => {}
                 Err(e) => tracing::debug!(network = %name, error = %e, "network kept"),
+            }
+        }
+    }
+
+    /// Removes runner containers that are not running and that no job
+    /// records: a restart cut their provisioning off between create and
+    /// start, so auto-remove never fires for them. Only those seen in this
+    /// pass and the one before whose job is not in flight now: a container
+    /// being started at this moment is never touched. A recorded one's exit
+    /// is settled by the exit handling first.
+    async fn remove_unstarted_containers(&self, live: &[ContainerInfo]) {
+        let stopped: HashSet<String> = live
+            .iter()
+            .filter(|c| !c.running && !is_proxy_path(c))
+            .map(|c| c.id.clone())
+            .collect();
+        let seen_before = std::mem::replace(&mut *lock(&self.stopped_containers), stopped.clone());
+        for c in live
+            .iter()
+            .filter(|c| seen_before.contains(&c.id) && stopped.contains(&c.id))
+        {
+            let owner = c
+                .labels
+                .get(label_keys::JOB_ID)
+                .and_then(|s| Uuid::parse_str(s).ok());
+            if owner.is_some_and(|id| self.is_in_flight(id)) {
+                continue;
+            }
+            let recorded = match owner {
+                Some(id) => match self.store.get_job(id).await {
+                    Ok(job) => job.is_some_and(|j| {
+                        !j.status.is_terminal() && j.container_id.as_deref() == Some(c.id.as_str())
+                    }),
+                    Err(_) => continue,
+                },
+                None => false,
+            };
+            let served = match self.store.find_job_ran_in_container(&c.id).await {
+                Ok(job) => job.is_some_and(|j| !j.status.is_terminal()),
+                Err(_) => continue,
+            };
+            if recorded || served {
+                continue;
+            }
+            match self.backend.remove(&c.id).await {
+                Ok(()) => {
+                    tracing::info!(container = %c.id, name = %c.name, "container that never ran removed");
+                    // Its runner stays registered until a sweep deletes it.
+                    if let Some(repository) = c.labels.get(label_keys::REPOSITORY) {
+                        self.sweep_runners_of(repository);
+                    }
+                }
+                Err(e) => tracing::warn!(container = %c.id, error = %e, "cannot remove container"),
             }
         }
     }
