@@ -334,20 +334,25 @@ impl JobStore for SqliteStore {
 
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
         let limit = filter.limit.clamp(1, MAX_PAGE) as i64;
-        let rows = sqlx::query(
-            "SELECT data, revision FROM jobs
-             WHERE (?1 IS NULL OR status = ?1)
-               AND (?2 IS NULL OR repository = ?2)
-               AND (?3 IS NULL OR id > ?3)
-             ORDER BY id LIMIT ?4",
-        )
-        .bind(filter.status.map(JobStatus::as_str))
-        .bind(filter.repository.as_deref())
-        .bind(filter.after.map(|u| u.to_string()))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        // Only the conditions asked for, so SQLite can use the status or
+        // repository index (an `?1 IS NULL OR ...` form scans the table).
+        let mut q: sqlx::QueryBuilder<sqlx::Sqlite> =
+            sqlx::QueryBuilder::new("SELECT data, revision FROM jobs WHERE 1");
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(repository) = &filter.repository {
+            q.push(" AND repository = ").push_bind(repository.as_str());
+        }
+        if let Some(after) = filter.after {
+            q.push(" AND id > ").push_bind(after.to_string());
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(limit);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
         rows.iter().map(job_from_row).collect()
     }
 

@@ -26,16 +26,18 @@ impl Autoscaler {
     /// One scheduling round: starts as many queued jobs as the caps allow.
     /// Returns the ids whose provisioning was started.
     pub async fn tick(self: &Arc<Self>) -> Result<Vec<Uuid>, AutoscaleError> {
-        if let Err(e) = self.backend.ping().await {
-            metrics::gauge!(m::BACKEND_UP).set(0.0);
-            return Err(AutoscaleError::EngineNotReady(e));
-        }
-        metrics::gauge!(m::BACKEND_UP).set(1.0);
         let queued = self.queued_github_jobs().await?;
-        if queued.is_empty() {
+        // With work to do, listing the containers is the engine check (one
+        // call less per round while a burst starts); idle, a ping.
+        let engine = if queued.is_empty() {
+            self.backend.ping().await.map(|()| None)
+        } else {
+            self.live_counts().await.map(Some)
+        };
+        metrics::gauge!(m::BACKEND_UP).set(if engine.is_ok() { 1.0 } else { 0.0 });
+        let Some(live) = engine.map_err(AutoscaleError::EngineNotReady)? else {
             return Ok(Vec::new());
-        }
-        let live = self.live_counts().await.map_err(AutoscaleError::Engine)?;
+        };
         let waiting: Vec<Waiting> = queued
             .iter()
             .filter(|j| !self.is_in_flight(j.id))
