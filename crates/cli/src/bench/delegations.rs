@@ -37,9 +37,9 @@ pub struct DelegationArgs {
 }
 
 /// A `proxy-runner serve` child; killed when dropped.
-struct Server {
+pub(super) struct Server {
     child: Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Drop for Server {
@@ -49,7 +49,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(binary: &Path, db: &str, admin: &str) -> anyhow::Result<Server> {
+pub(super) fn start_server(binary: &Path, db: &str, admin: &str) -> anyhow::Result<Server> {
     let mut child = Command::new(binary)
         .args([
             "serve",
@@ -83,11 +83,11 @@ fn start_server(binary: &Path, db: &str, admin: &str) -> anyhow::Result<Server> 
     }
 }
 
-async fn runner_token(url: &str, admin: &str) -> anyhow::Result<String> {
+pub(super) async fn runner_token(url: &str, admin: &str, runner: &str) -> anyhow::Result<String> {
     let v: Value = reqwest::Client::new()
         .post(format!("{url}/api/tokens"))
         .bearer_auth(admin)
-        .json(&json!({"runner": "bench"}))
+        .json(&json!({"runner": runner}))
         .send()
         .await?
         .error_for_status()?
@@ -169,7 +169,7 @@ pub async fn run(args: &DelegationArgs) -> anyhow::Result<Value> {
     ];
     for (store, db) in &stores {
         let server = start_server(&binary, db, &admin)?;
-        let token = runner_token(&server.url, &admin).await?;
+        let token = runner_token(&server.url, &admin, "bench").await?;
         for &clients in &args.clients {
             let requests = if clients == 1 {
                 args.serial_delegations

@@ -6,7 +6,9 @@
 //! - `delegations`: durable delegations per second and their latency at 1,
 //!   64 and 512 clients against `proxy-runner serve` on a SQLite file, next
 //!   to the same server on `:memory:` and `GET /healthz`, from a separate
-//!   load-generating process (`delegations.rs`, `load.rs`).
+//!   load-generating process (`delegations.rs`, `load.rs`);
+//! - `hooks`: one run of our job-started hook next to the design's
+//!   (`hooks.rs`).
 //!
 //! Prints tables; `--json FILE` writes the figures.
 
@@ -18,17 +20,19 @@ use serde_json::{Value, json};
 
 pub mod delegations;
 pub mod engine;
+pub mod hooks;
 pub mod load;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Part {
     Engine,
     Delegations,
+    Hooks,
 }
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Run only this part (both by default).
+    /// Run only this part (all by default).
     #[arg(long, value_enum)]
     pub only: Option<Part>,
     /// Also write the figures to this file as JSON.
@@ -38,6 +42,8 @@ pub struct BenchArgs {
     pub engine: engine::EngineArgs,
     #[command(flatten)]
     pub delegations: delegations::DelegationArgs,
+    #[command(flatten)]
+    pub hooks: hooks::HookArgs,
 }
 
 /// The value at percentile `p` (0..=100) of `sorted`, NaN when empty.
@@ -56,6 +62,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.only.is_none_or(|p| p == Part::Delegations) {
         figures["delegations"] = delegations::run(&args.delegations).await?;
+    }
+    if args.only.is_none_or(|p| p == Part::Hooks) {
+        figures["hooks"] = hooks::run(&args.hooks).await?;
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")
