@@ -303,7 +303,12 @@ pub fn plan(round: &WarmRound<'_>) -> WarmPlan {
         }
     }
 
-    // Room for starved jobs: recycles under way count first.
+    // Room for starved jobs: recycles under way count first. A job held
+    // back by its own repository's cap is helped only by that repository's
+    // runners, and keeps warm runners from starting there only; a job held
+    // back by the global cap keeps them from starting anywhere.
+    let mut global_starved = false;
+    let mut repo_starved: HashSet<String> = HashSet::new();
     if !round.starved.is_empty() {
         let mut pending: Vec<String> = round
             .runners
@@ -348,11 +353,18 @@ pub fn plan(round: &WarmRound<'_>) -> WarmPlan {
         }
         // `spare` is youngest first; the oldest go first.
         spare.reverse();
-        let repo_full =
-            |repo: &str| round.live.get(repo).copied().unwrap_or(0) >= round.caps.per_repository;
+        // The jobs before this one in line take their repository's places.
+        let mut planned = round.live.clone();
         for repo in round.starved {
             let repo = repo.to_ascii_lowercase();
-            let same_repo_only = repo_full(&repo);
+            let used = planned.entry(repo.clone()).or_default();
+            let same_repo_only = *used >= round.caps.per_repository;
+            if same_repo_only {
+                repo_starved.insert(repo.clone());
+            } else {
+                global_starved = true;
+                *used += 1;
+            }
             let pending_at = pending.iter().position(|p| !same_repo_only || *p == repo);
             if let Some(i) = pending_at {
                 pending.remove(i);
@@ -366,7 +378,9 @@ pub fn plan(round: &WarmRound<'_>) -> WarmPlan {
                 recycle(&mut out, &mut recycled, r.id, Recycle::Capacity);
             }
         }
-        return out;
+        if global_starved {
+            return out;
+        }
     }
 
     // Top up each target within the caps, taking turns.
@@ -398,7 +412,7 @@ pub fn plan(round: &WarmRound<'_>) -> WarmPlan {
             }
             let repo = t.repository.to_ascii_lowercase();
             let used = live.entry(repo.clone()).or_default();
-            if *deficit == 0 || *used >= round.caps.per_repository {
+            if *deficit == 0 || *used >= round.caps.per_repository || repo_starved.contains(&repo) {
                 continue;
             }
             *used += 1;
@@ -755,6 +769,33 @@ mod tests {
                 now: 10,
                 start: vec![],
                 recycle: vec![(2, Capacity)],
+            },
+            PlanCase {
+                name: "jobs behind their repository's full cap: room only from its own runners, and no warm start there",
+                targets: vec![target("a", "o/r", 2), target("a", "o/s", 1)],
+                runners: vec![runner(1, "a", "o/r", 0, Idle)],
+                held: vec![],
+                live: vec![("o/r", 2), ("o/x", 2)],
+                caps: caps(10, 2),
+                starved: vec!["o/x", "o/r"],
+                now: 10,
+                start: vec![("a", "o/s")],
+                recycle: vec![(1, Capacity)],
+            },
+            PlanCase {
+                name: "two starved jobs of one repository, one place left in it: one runner recycled",
+                targets: vec![target("a", "o/r", 2)],
+                runners: vec![
+                    runner(1, "a", "o/r", 0, Idle),
+                    runner(2, "a", "o/r", 1, Idle),
+                ],
+                held: vec![],
+                live: vec![("o/r", 2), ("o/s", 1)],
+                caps: caps(3, 2),
+                starved: vec!["o/s", "o/s"],
+                now: 10,
+                start: vec![],
+                recycle: vec![(1, Capacity)],
             },
             PlanCase {
                 name: "two starved jobs, one spare runner: one recycled",

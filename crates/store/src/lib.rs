@@ -348,11 +348,7 @@ impl JobStore for SqliteStore {
             q.push(" AND id > ").push_bind(after.to_string());
         }
         q.push(" ORDER BY id LIMIT ").push_bind(limit);
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let rows = q.build().fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(job_from_row).collect()
     }
 
