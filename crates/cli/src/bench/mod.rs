@@ -1,4 +1,4 @@
-//! `proxy-runner bench`: figures, never assertions. Two parts, run in turn
+//! `proxy-runner bench`: figures, never assertions. Parts, run in turn
 //! or one of them with `--only`:
 //!
 //! - `engine`: how long a queued job waits for its container, next to plain
@@ -6,7 +6,9 @@
 //! - `delegations`: durable delegations per second and their latency at 1,
 //!   64 and 512 clients against `proxy-runner serve` on a SQLite file, next
 //!   to the same server on `:memory:` and `GET /healthz`, from a separate
-//!   load-generating process (`delegations.rs`, `load.rs`).
+//!   load-generating process (`delegations.rs`, `load.rs`);
+//! - `warm`: queued → job running with a warm runner waiting, next to a
+//!   cold start (`warm.rs`).
 //!
 //! Prints tables; `--json FILE` writes the figures.
 
@@ -19,16 +21,18 @@ use serde_json::{Value, json};
 pub mod delegations;
 pub mod engine;
 pub mod load;
+pub mod warm;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Part {
     Engine,
     Delegations,
+    Warm,
 }
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Run only this part (both by default).
+    /// Run only this part (all by default).
     #[arg(long, value_enum)]
     pub only: Option<Part>,
     /// Also write the figures to this file as JSON.
@@ -38,6 +42,8 @@ pub struct BenchArgs {
     pub engine: engine::EngineArgs,
     #[command(flatten)]
     pub delegations: delegations::DelegationArgs,
+    #[command(flatten)]
+    pub warm: warm::WarmArgs,
 }
 
 /// The value at percentile `p` (0..=100) of `sorted`, NaN when empty.
@@ -51,11 +57,15 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut figures = json!({"machine": machine()});
+    let host_ip = args.engine.host_ip;
     if args.only.is_none_or(|p| p == Part::Engine) {
         figures["engine"] = engine::run(args.engine).await?;
     }
     if args.only.is_none_or(|p| p == Part::Delegations) {
         figures["delegations"] = delegations::run(&args.delegations).await?;
+    }
+    if args.only.is_none_or(|p| p == Part::Warm) {
+        figures["warm"] = warm::run(args.warm, host_ip).await?;
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")
