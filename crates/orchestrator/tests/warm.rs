@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use proxy_runner_domain::labels::LabelSet;
 use proxy_runner_domain::ports::{
-    ContainerBackend, ContainerInfo, JobFilter, JobStore, RunnerRegistry, WorkflowJobInfo,
+    ContainerBackend, ContainerInfo, JobFilter, JobStore, RunnerInfo, RunnerRegistry, Scope,
+    WorkflowJobInfo,
 };
 use proxy_runner_domain::schedule::Caps;
 use proxy_runner_domain::warm::warm_id;
@@ -187,8 +188,14 @@ async fn a_warm_runner_takes_a_queued_job_without_a_cold_start_and_is_replaced()
     assert_eq!(w.labels["proxy-runner.repository"], "octo/repo");
     assert!(!w.labels.contains_key("proxy-runner.job-id"));
     assert!(!format!("{:?}", w.labels).contains(JIT_SECRET_PREFIX));
+    let first_jit = r
+        .registry
+        .calls()
+        .into_iter()
+        .find(|c| matches!(c, RegistryCall::Jit { .. }))
+        .unwrap();
     assert!(matches!(
-        &r.registry.calls()[0],
+        &first_jit,
         RegistryCall::Jit { name, labels, scope }
             if *name == w.name
                 && labels == &["ephemeral", "container", "self-hosted", "linux"]
@@ -499,4 +506,58 @@ async fn retiring_warm_runners_deregisters_and_stops_them_all() {
     assert_eq!(r.registry.deleted().len(), 4);
     settle(&r).await;
     assert!(r.backend.live().is_empty(), "none started again");
+}
+
+#[tokio::test]
+async fn after_a_restart_warm_runners_registered_without_a_container_are_deleted() {
+    let r = rig(config(1)).await;
+    settle(&r).await;
+    let w = warm_containers(&r).remove(0);
+    let runner = |id: u64, name: &str, status: &str, busy: bool| RunnerInfo {
+        id,
+        name: name.into(),
+        os: "linux".into(),
+        status: status.into(),
+        busy,
+        labels: vec![],
+        ephemeral: true,
+    };
+    let orphan = format!("warm-{}", uuid::Uuid::from_u128(1));
+    let polling = format!("warm-{}", uuid::Uuid::from_u128(2));
+    let working = format!("warm-{}", uuid::Uuid::from_u128(3));
+    // The warm runner registered before (listed by GitHub too), and others.
+    let scope = Scope::repository("Octo/Repo").unwrap();
+    r.registry.runners.lock().unwrap().extend(
+        [
+            runner(50, &orphan, "offline", false),
+            runner(51, &polling, "online", false),
+            runner(52, &working, "offline", true),
+            runner(
+                53,
+                &format!("ephemeral-{}", uuid::Uuid::from_u128(4)),
+                "offline",
+                false,
+            ),
+        ]
+        .map(|x| (scope.clone(), x)),
+    );
+    assert!(
+        r.registry
+            .runners
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, x)| x.name == w.name)
+    );
+    let before = r.registry.deleted();
+    let scaler = restarted(&r, config(1));
+    settle_with(&scaler, &r.clock).await;
+    scaler.reconcile().await;
+    let deleted: Vec<u64> = r.registry.deleted()[before.len()..].to_vec();
+    assert_eq!(
+        deleted,
+        [50],
+        "only the offline warm runner no container runs, once"
+    );
+    assert_eq!(scaler.warm_idle(&LINUX, "octo/repo"), 1);
 }

@@ -561,7 +561,43 @@ impl Autoscaler {
                 self.deregister_warm(&warm::warm_name(id), &entry).await;
             }
         }
-        self.warm_synced.store(true, Ordering::SeqCst);
+        if !self.warm_synced.swap(true, Ordering::SeqCst) {
+            self.delete_warm_runners_without_container().await;
+        }
+    }
+
+    /// Once after a start: warm runners registered at GitHub that no
+    /// container runs (a kill between minting one and starting its
+    /// container) are deleted. Only offline ones: an online runner is
+    /// polling from some container (another instance's, perhaps).
+    async fn delete_warm_runners_without_container(&self) {
+        let mut scopes = Vec::new();
+        for t in self.warm_targets() {
+            if let Some(scope) = self.scope_for(&t.repository)
+                && !scopes.contains(&scope)
+            {
+                scopes.push(scope);
+            }
+        }
+        for scope in scopes {
+            let Ok(runners) = self.registry.list_runners(&scope).await else {
+                continue;
+            };
+            for r in runners {
+                let Some(id) = warm_id(&r.name) else { continue };
+                if r.busy || r.status != "offline" || lock(&self.warm).runners.contains_key(&id) {
+                    continue;
+                }
+                match self.registry.delete_runner(&scope, r.id).await {
+                    Ok(()) => {
+                        tracing::info!(runner = %r.name, "warm runner without a container deleted")
+                    }
+                    Err(e) => {
+                        tracing::debug!(runner = %r.name, error = %e, "cannot delete warm runner")
+                    }
+                }
+            }
+        }
     }
 
     /// Recycles every idle warm runner now (an operator's stop, a test's or
