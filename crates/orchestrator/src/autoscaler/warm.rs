@@ -39,9 +39,9 @@ pub(super) struct WarmEntry {
     repository: String,
     since: DateTime<Utc>,
     state: WarmState,
-    container_id: Option<String>,
+    container: Option<String>,
     /// GitHub's id; unknown for one adopted after a restart (found by name).
-    runner_id: Option<u64>,
+    registered_id: Option<u64>,
 }
 
 /// The warm runners and the queued jobs waiting for one.
@@ -243,8 +243,8 @@ impl Autoscaler {
                 repository: spec.repository.clone(),
                 since: spec.since,
                 state: WarmState::Starting,
-                container_id: None,
-                runner_id: None,
+                container: None,
+                registered_id: None,
             },
         );
         let this = Arc::clone(self);
@@ -264,8 +264,8 @@ impl Autoscaler {
                             if e.state == WarmState::Starting {
                                 e.state = WarmState::Idle;
                             }
-                            e.container_id = Some(container_id.clone());
-                            e.runner_id = runner_id;
+                            e.container = Some(container_id.clone());
+                            e.registered_id = runner_id;
                         }
                     }
                     lock(&this.in_flight).remove(&spec.id);
@@ -375,7 +375,7 @@ impl Autoscaler {
                 }
                 return;
             }
-            if let Some(container) = &entry.container_id
+            if let Some(container) = &entry.container
                 && let Err(e) = this.backend.stop(container, Duration::from_secs(10)).await
                 && !matches!(e, proxy_runner_domain::ports::BackendError::NotFound(_))
             {
@@ -396,7 +396,7 @@ impl Autoscaler {
         let Some(scope) = self.scope_for(&entry.repository) else {
             return true;
         };
-        let runner_id = match entry.runner_id {
+        let runner_id = match entry.registered_id {
             Some(id) => id,
             None => match self.registry.list_runners(&scope).await {
                 Ok(runners) => match runners.into_iter().find(|r| r.name == name) {
@@ -429,7 +429,7 @@ impl Autoscaler {
                         metrics::counter!(m::WARM_TAKEN, "label_set" => e.pool.clone())
                             .increment(1);
                     }
-                    (e.container_id.clone(), newly)
+                    (e.container.clone(), newly)
                 }
                 None => (None, false),
             }
@@ -462,7 +462,7 @@ impl Autoscaler {
             let id = inv
                 .runners
                 .iter()
-                .find(|(_, e)| e.container_id.as_deref() == Some(container_id))
+                .find(|(_, e)| e.container.as_deref() == Some(container_id))
                 .map(|(id, _)| *id);
             id.and_then(|id| inv.runners.remove(&id).map(|e| (id, e)))
         };
@@ -494,7 +494,7 @@ impl Autoscaler {
         lock(&self.warm)
             .runners
             .iter()
-            .filter(|(_, e)| e.container_id.is_some())
+            .filter(|(_, e)| e.container.is_some())
             .map(|(id, _)| *id)
             .collect()
     }
@@ -538,8 +538,8 @@ impl Autoscaler {
                 repository: repository.to_ascii_lowercase(),
                 since,
                 state,
-                container_id: Some(c.id.clone()),
-                runner_id: None,
+                container: Some(c.id.clone()),
+                registered_id: None,
             });
         }
         let vanished: Vec<(Uuid, WarmEntry)> = {
