@@ -561,3 +561,15 @@ async fn after_a_restart_warm_runners_registered_without_a_container_are_deleted
     );
     assert_eq!(scaler.warm_idle(&LINUX, "octo/repo"), 1);
 }
+
+#[tokio::test]
+async fn a_job_queued_before_the_first_round_after_a_restart_waits_for_the_warm_runner_found() {
+    let r = rig(config(1)).await;
+    settle(&r).await;
+    let scaler = restarted(&r, config(1));
+    let id = queue(&scaler, &info(1, "octo/repo", &LINUX)).await;
+    settle_with(&scaler, &r.clock).await;
+    assert_eq!(job(&r, id).await.status, JobStatus::Queued);
+    assert!(cold_starts(&r).is_empty(), "{:?}", cold_starts(&r));
+    assert_eq!(warm_containers(&r).len(), 1, "none started twice");
+}

@@ -40,7 +40,7 @@ impl Autoscaler {
         let engine = if queued.is_empty() && !warm {
             self.backend.ping().await.map(|()| None)
         } else {
-            self.live_counts().await.map(Some)
+            self.live_for_round(warm).await.map(Some)
         };
         metrics::gauge!(m::BACKEND_UP).set(if engine.is_ok() { 1.0 } else { 0.0 });
         let Some(mut live) = engine.map_err(AutoscaleError::EngineNotReady)? else {
@@ -141,6 +141,15 @@ impl Autoscaler {
             }
         });
         Ok(true)
+    }
+
+    /// The live counts of a round with work to do; after a restart, the
+    /// warm runners on the engine are found first, so that they count.
+    async fn live_for_round(&self, warm: bool) -> Result<BTreeMap<String, usize>, BackendError> {
+        if warm {
+            self.sync_warm_once().await?;
+        }
+        self.live_counts().await
     }
 
     /// Live containers per repository (lower-case), counting in-flight starts.

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use proxy_runner_domain::failure::Failure;
 use proxy_runner_domain::names::network_name;
 use proxy_runner_domain::ports::{
-    ContainerInfo, GitHubError, JitRequest, StdinSecret, labels as label_keys,
+    BackendError, ContainerInfo, GitHubError, JitRequest, StdinSecret, labels as label_keys,
 };
 use proxy_runner_domain::runner_plan::{JITCONFIG_ENV, Placement};
 use proxy_runner_domain::schedule::retry_delay;
@@ -168,14 +168,6 @@ impl Autoscaler {
         let targets = self.warm_targets();
         if targets.is_empty() && lock(&self.warm).runners.is_empty() {
             return 0;
-        }
-        if !self.warm_synced.load(Ordering::SeqCst) {
-            // After a restart, the warm runners on the engine count first.
-            let known = self.warm_recorded();
-            match self.backend.list(&self.config.instance).await {
-                Ok(containers) => self.sync_warm(&containers, &known).await,
-                Err(_) => return 0,
-            }
         }
         let runners = self.warm_runners();
         self.warm_gauges(&targets, &runners);
@@ -377,7 +369,7 @@ impl Autoscaler {
             }
             if let Some(container) = &entry.container
                 && let Err(e) = this.backend.stop(container, Duration::from_secs(10)).await
-                && !matches!(e, proxy_runner_domain::ports::BackendError::NotFound(_))
+                && !matches!(e, BackendError::NotFound(_))
             {
                 tracing::warn!(runner = %name, error = %e, "cannot stop recycled warm runner");
             }
@@ -486,6 +478,17 @@ impl Autoscaler {
             self.remove_network_when_unused(&entry.repository).await;
         }
         self.wake.notify_one();
+    }
+
+    /// Rebuilds the inventory from the engine unless that was done since
+    /// the start.
+    pub(super) async fn sync_warm_once(&self) -> Result<(), BackendError> {
+        if !self.warm_synced.load(Ordering::SeqCst) {
+            let known = self.warm_recorded();
+            let containers = self.backend.list(&self.config.instance).await?;
+            self.sync_warm(&containers, &known).await;
+        }
+        Ok(())
     }
 
     /// Warm runners whose container was recorded: taken before a listing
