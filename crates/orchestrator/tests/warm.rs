@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use proxy_runner_domain::labels::LabelSet;
 use proxy_runner_domain::ports::{
-    ContainerBackend, ContainerInfo, JobFilter, JobStore, RunnerInfo, RunnerRegistry, Scope,
+    Clock, ContainerBackend, ContainerInfo, JobFilter, JobStore, RunnerInfo, RunnerRegistry, Scope,
     WorkflowJobInfo,
 };
 use proxy_runner_domain::schedule::Caps;
@@ -572,4 +572,47 @@ async fn a_job_queued_before_the_first_round_after_a_restart_waits_for_the_warm_
     assert_eq!(job(&r, id).await.status, JobStatus::Queued);
     assert!(cold_starts(&r).is_empty(), "{:?}", cold_starts(&r));
     assert_eq!(warm_containers(&r).len(), 1, "none started twice");
+}
+
+#[tokio::test]
+async fn provisioning_cut_off_by_a_restart_never_adopts_a_warm_container() {
+    let r = rig(config(1)).await;
+    settle(&r).await;
+    let w = warm_containers(&r).remove(0);
+    // A job of the warm set and repository whose provisioning a kill cut
+    // off before its container was created.
+    let mut cut = proxy_runner_domain::NewJob {
+        job_key: "build".into(),
+        run_id: 7,
+        run_attempt: 1,
+        repository: "octo/repo".into(),
+        workflow: "CI".into(),
+        runner_name: None,
+        labels: LINUX.iter().map(|s| s.to_string()).collect(),
+        environment: BTreeMap::new(),
+        matrix: None,
+        needs: vec![],
+        github_job_id: Some(77),
+        source: JobSource::Webhook,
+        dropped_secrets: 0,
+    }
+    .into_job(uuid::Uuid::now_v7(), r.clock.now());
+    cut.start_provisioning(r.clock.now()).unwrap();
+    r.store.insert_job(&cut, &[]).await.unwrap();
+
+    let scaler = restarted(&r, config(1));
+    scaler.reconcile().await;
+    settle_with(&scaler, &r.clock).await;
+    let j = job(&r, cut.id).await;
+    assert_eq!(j.status, JobStatus::Queued, "retried, not adopted");
+    assert_eq!(j.container_id, None);
+    assert!(stops(&r).is_empty(), "the warm runner is left alone");
+    assert_eq!(scaler.warm_idle(&LINUX, "octo/repo"), 1);
+    // It waits for the warm runner like any queued job.
+    assert!(cold_starts(&r).is_empty());
+    taken_by(&scaler, &info(77, "octo/repo", &LINUX), &w.name).await;
+    assert_eq!(
+        job(&r, cut.id).await.ran_in_container_id.as_deref(),
+        Some(w.id.as_str())
+    );
 }
