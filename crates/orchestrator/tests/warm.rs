@@ -254,6 +254,17 @@ async fn a_warm_runner_takes_a_queued_job_without_a_cold_start_and_is_replaced()
     assert_eq!(warm_containers(&r).len(), 1, "one waits, nothing more");
     assert!(stops(&r).is_empty(), "nothing was stopped");
 
+    let audit: Vec<String> = r
+        .store
+        .list_audit(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    for a in ["warm.started", "warm.taken", "job.running", "job.completed"] {
+        assert!(audit.contains(&a.to_string()), "{a} missing from {audit:?}");
+    }
     // No JIT config in any record.
     let everything = format!(
         "{:?}{:?}",
@@ -349,6 +360,13 @@ async fn an_idle_warm_runner_is_recycled_after_its_max_age_and_replaced() {
     let now_warm = warm_containers(&r);
     assert_eq!(now_warm.len(), 1);
     assert_ne!(now_warm[0].id, old.id, "a fresh warm runner took its place");
+    let recycled = r.store.list_audit(100).await.unwrap();
+    assert!(
+        recycled
+            .iter()
+            .any(|a| a.action == "warm.recycled" && a.detail["reason"] == "max_age"),
+        "{recycled:?}"
+    );
     assert_eq!(r.scaler.warm_idle(&LINUX, "octo/repo"), 1);
 }
 

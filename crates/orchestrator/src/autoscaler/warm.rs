@@ -264,6 +264,17 @@ impl Autoscaler {
                     metrics::counter!(m::WARM_STARTED, "label_set" => spec.pool.clone())
                         .increment(1);
                     tracing::info!(runner = %spec.name(), container = %container_id, label_set = %spec.pool, repository = %spec.repository, "warm runner waiting");
+                    this.audit
+                        .record(
+                            "orchestrator",
+                            "warm.started",
+                            None,
+                            serde_json::json!({
+                                "runnerName": spec.name(), "containerId": container_id,
+                                "labelSet": spec.pool, "repository": spec.repository,
+                            }),
+                        )
+                        .await;
                 }
                 Err(failure) => {
                     tracing::warn!(runner = %spec.name(), label_set = %spec.pool, repository = %spec.repository, error = %failure.message(), "warm runner not started");
@@ -377,6 +388,17 @@ impl Autoscaler {
             metrics::counter!(m::WARM_RECYCLED, "label_set" => entry.pool.clone(), "reason" => why.as_str())
                 .increment(1);
             tracing::info!(runner = %name, reason = why.as_str(), "warm runner recycled");
+            this.audit
+                .record(
+                    "orchestrator",
+                    "warm.recycled",
+                    None,
+                    serde_json::json!({
+                        "runnerName": name, "containerId": entry.container,
+                        "labelSet": entry.pool, "reason": why.as_str(),
+                    }),
+                )
+                .await;
             this.remove_network_when_unused(&entry.repository).await;
             this.wake.notify_one();
         });
@@ -428,6 +450,14 @@ impl Autoscaler {
         };
         if newly {
             tracing::info!(runner = %warm::warm_name(id), job = %job, "warm runner took a job");
+            self.audit
+                .record(
+                    "github",
+                    "warm.taken",
+                    Some(job),
+                    serde_json::json!({"runnerName": warm::warm_name(id), "containerId": container}),
+                )
+                .await;
             self.wake.notify_one();
         }
         if container.is_some() {
