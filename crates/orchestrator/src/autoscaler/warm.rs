@@ -170,7 +170,7 @@ impl Autoscaler {
             return 0;
         }
         let runners = self.warm_runners();
-        self.warm_gauges(&targets, &runners);
+        self.warm_gauges(&runners);
         let plan = warm::plan(&WarmRound {
             targets: &targets,
             runners: &runners,
@@ -197,14 +197,20 @@ impl Autoscaler {
         started
     }
 
-    fn warm_gauges(&self, targets: &[WarmTarget], runners: &[WarmRunner]) {
-        let mut idle: BTreeMap<&str, usize> =
-            targets.iter().map(|t| (t.pool.as_str(), 0)).collect();
+    fn warm_gauges(&self, runners: &[WarmRunner]) {
+        // Every configured set is shown, also at zero (retired, or none up).
+        let mut idle: BTreeMap<String, usize> = self
+            .config
+            .pools
+            .iter()
+            .filter(|p| p.warm > 0)
+            .map(|p| (pool_key(&p.labels), 0))
+            .collect();
         for r in runners.iter().filter(|r| r.state == WarmState::Idle) {
-            *idle.entry(r.pool.as_str()).or_default() += 1;
+            *idle.entry(r.pool.clone()).or_default() += 1;
         }
         for (pool, n) in idle {
-            metrics::gauge!(m::WARM_IDLE, "label_set" => pool.to_string()).set(n as f64);
+            metrics::gauge!(m::WARM_IDLE, "label_set" => pool).set(n as f64);
         }
     }
 
