@@ -350,6 +350,15 @@ async fn an_idle_warm_runner_is_recycled_after_its_max_age_and_replaced() {
         "the old container is stopped"
     );
     assert_eq!(r.registry.deleted(), [1], "and its runner deleted first");
+    assert!(
+        !r.registry
+            .runners
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, x)| x.name == old.name),
+        "deleted where it was registered"
+    );
     let delete_at = r
         .registry
         .calls()
@@ -522,6 +531,10 @@ async fn retiring_warm_runners_deregisters_and_stops_them_all() {
     r.scaler.retire_warm_runners().await;
     assert!(r.backend.live().is_empty());
     assert_eq!(r.registry.deleted().len(), 4);
+    assert!(
+        r.registry.runners.lock().unwrap().is_empty(),
+        "none left registered"
+    );
     settle(&r).await;
     assert!(r.backend.live().is_empty(), "none started again");
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use proxy_runner_domain::failure::Failure;
 use proxy_runner_domain::names::network_name;
 use proxy_runner_domain::ports::{
-    BackendError, ContainerInfo, GitHubError, JitRequest, StdinSecret, labels as label_keys,
+    BackendError, ContainerInfo, GitHubError, JitRequest, Scope, StdinSecret, labels as label_keys,
 };
 use proxy_runner_domain::runner_plan::{JITCONFIG_ENV, Placement};
 use proxy_runner_domain::schedule::retry_delay;
@@ -91,6 +91,19 @@ impl Autoscaler {
                 })
             })
             .collect()
+    }
+
+    /// Where warm runners of `repository` (lower-case) are registered, with
+    /// the repository spelled as configured, as they were registered.
+    fn warm_scope(&self, repository: &str) -> Option<Scope> {
+        let spelled = self
+            .config
+            .pools
+            .iter()
+            .flat_map(|p| p.warm_repositories.iter())
+            .find(|r| r.eq_ignore_ascii_case(repository))
+            .map_or(repository, String::as_str);
+        self.scope_for(spelled)
     }
 
     fn warm_pool(&self, key: &str) -> Option<&Pool> {
@@ -413,7 +426,7 @@ impl Autoscaler {
     /// Deletes the warm runner at GitHub; false when it must stay (busy,
     /// or GitHub could not be asked).
     async fn deregister_warm(&self, name: &str, entry: &WarmEntry) -> bool {
-        let Some(scope) = self.scope_for(&entry.repository) else {
+        let Some(scope) = self.warm_scope(&entry.repository) else {
             return true;
         };
         let runner_id = match entry.registered_id {
@@ -612,7 +625,7 @@ impl Autoscaler {
     async fn delete_warm_runners_without_container(&self) {
         let mut scopes = Vec::new();
         for t in self.warm_targets() {
-            if let Some(scope) = self.scope_for(&t.repository)
+            if let Some(scope) = self.warm_scope(&t.repository)
                 && !scopes.contains(&scope)
             {
                 scopes.push(scope);
