@@ -170,6 +170,24 @@ pub async fn rig(
     max_per_repository: usize,
     say: &dyn Fn(String),
 ) -> anyhow::Result<Rig> {
+    rig_with(
+        host_ip_arg,
+        max_concurrent,
+        max_per_repository,
+        say,
+        &|_| {},
+    )
+    .await
+}
+
+/// [`rig`] with the orchestrator's configuration changed by `tweak` first.
+pub async fn rig_with(
+    host_ip_arg: Option<IpAddr>,
+    max_concurrent: usize,
+    max_per_repository: usize,
+    say: &dyn Fn(String),
+    tweak: &dyn Fn(&mut Config),
+) -> anyhow::Result<Rig> {
     // 1. Docker and the runner image (built locally: nothing is pulled).
     let instance = format!("demo-{}", &random_secret("")[..8]);
     let (docker, _, image) = docker_and_image(&instance, "runner", say).await?;
@@ -205,7 +223,7 @@ pub async fn rig(
     // 3. The orchestrator, with the Docker backend and a throw-away database.
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let defaults = Config::default();
-    let config = Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         database: dir.path().join("proxy-runner.db"),
         backend: BackendKind::Docker,
@@ -226,6 +244,7 @@ pub async fn rig(
         },
         ..defaults
     };
+    tweak(&mut config);
     config.validate()?;
     let orchestrator = crate::serve::start(config).await?;
     say(format!("orchestrator at {}", orchestrator.url));

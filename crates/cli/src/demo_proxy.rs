@@ -132,6 +132,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
                 profile: None,
                 image: None,
                 hardening: None,
+                warm: 0,
+                warm_repositories: Vec::new(),
             }],
             ..defaults.runners.clone()
         },

@@ -19,6 +19,7 @@ pub mod runner_plan;
 pub mod schedule;
 pub mod sync;
 pub mod values;
+pub mod warm;
 
 pub use job::{
     DelegationKey, Job, JobContainerRecord, JobSource, JobStatus, NewJob, ServiceRecord,

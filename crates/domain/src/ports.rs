@@ -622,6 +622,12 @@ pub mod labels {
     pub const PATH: &str = "proxy-runner.path";
     /// `job`, `service` or `step` on proxy-path containers.
     pub const ROLE: &str = "proxy-runner.role";
+    /// On a warm runner's container (which names no job yet): the key of
+    /// its label set (`warm::pool_key`).
+    pub const WARM: &str = "proxy-runner.warm";
+    /// On a warm runner's container: when it was started (RFC 3339), for
+    /// its age after a restart.
+    pub const WARM_SINCE: &str = "proxy-runner.warm-since";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -382,6 +382,8 @@ pub fn autoscale_config(config: &Config) -> Result<AutoscaleConfig, LabelError> 
                 path: set.path,
                 image: set.image.clone(),
                 hardening: set.hardening.clone(),
+                warm: set.warm,
+                warm_repositories: set.warm_repositories.clone(),
             })
         })
         .collect::<Result<Vec<_>, LabelError>>()?;
@@ -401,6 +403,8 @@ pub fn autoscale_config(config: &Config) -> Result<AutoscaleConfig, LabelError> 
         pools,
         hardening: r.hardening.clone(),
         idle_timeout: Duration::from_secs(r.idle_timeout_secs),
+        warm_max_age: Duration::from_secs(r.warm_max_age_secs),
+        warm_wait: Duration::from_secs(r.warm_wait_secs),
         ..AutoscaleConfig::default()
     })
 }

@@ -17,6 +17,10 @@ pub const PROVISION_DURATION: &str = "proxy_runner_provision_duration_seconds";
 pub const QUEUE_TO_START: &str = "proxy_runner_queue_to_start_seconds";
 pub const LIVE_CONTAINERS: &str = "proxy_runner_live_containers";
 pub const BACKEND_UP: &str = "proxy_runner_backend_up";
+pub const WARM_IDLE: &str = "proxy_runner_warm_idle";
+pub const WARM_STARTED: &str = "proxy_runner_warm_started_total";
+pub const WARM_TAKEN: &str = "proxy_runner_warm_taken_total";
+pub const WARM_RECYCLED: &str = "proxy_runner_warm_recycled_total";
 pub const LARGE_BODIES_REFUSED: &str = "proxy_runner_http_large_bodies_refused_total";
 // Proxy runners (supervisors' heartbeats, registrations, hook calls).
 pub const PROXY_UPTIME: &str = "proxy_runner_proxy_uptime_seconds";
@@ -92,6 +96,16 @@ pub fn describe() {
     describe_gauge!(
         BACKEND_UP,
         "1 when the container engine answered the last ping."
+    );
+    describe_gauge!(
+        WARM_IDLE,
+        "Warm runners registered and waiting for a job, by label set."
+    );
+    describe_counter!(WARM_STARTED, "Warm runners started, by label set.");
+    describe_counter!(WARM_TAKEN, "Warm runners that took a job, by label set.");
+    describe_counter!(
+        WARM_RECYCLED,
+        "Idle warm runners deregistered and stopped, by label set and reason (max_age, surplus, capacity)."
     );
     describe_counter!(
         LARGE_BODIES_REFUSED,

@@ -11,11 +11,8 @@ use proxy_runner_orchestrator::config::JobPath;
 use proxy_runner_test_support::rig::{Rig, RigOptions, design_hook_body};
 
 async fn rig() -> Rig {
-    let pool = |labels: &[&str], path| Pool {
-        labels: LabelSet::parse_list(labels.iter().copied()).unwrap(),
-        path,
-        image: None,
-        hardening: None,
+    let pool = |labels: &[&str], path| {
+        Pool::new(LabelSet::parse_list(labels.iter().copied()).unwrap(), path)
     };
     Rig::build(RigOptions {
         github: true,

@@ -243,6 +243,8 @@ async fn served(registry: Option<Arc<dyn RunnerRegistry>>) -> Served {
             profile: None,
             image: None,
             hardening: None,
+            warm: 0,
+            warm_repositories: Vec::new(),
         },
         LabelSetConfig {
             labels: vec!["self-hosted".into(), "proxy".into()],
@@ -250,6 +252,8 @@ async fn served(registry: Option<Arc<dyn RunnerRegistry>>) -> Served {
             profile: None,
             image: None,
             hardening: None,
+            warm: 0,
+            warm_repositories: Vec::new(),
         },
     ];
     config.proxy = Some(ProxySection {

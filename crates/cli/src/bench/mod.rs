@@ -1,14 +1,17 @@
-//! `proxy-runner bench`: figures, never assertions. Two parts, run in turn
+//! `proxy-runner bench`: figures, never assertions. Parts, run in turn
 //! or one of them with `--only`:
 //!
-//! - `engine`: how long a queued job waits for its container, next to plain
-//!   `docker run -d` of the same image (`engine.rs`);
+//! - `engine`: how long a queued job waits for its container, one at a
+//!   time and in bursts, next to the Engine API's own create+start of the
+//!   same spec and `docker run -d` (`engine.rs`);
 //! - `delegations`: durable delegations per second and their latency at 1,
 //!   64 and 512 clients against `proxy-runner serve` on a SQLite file, next
 //!   to the same server on `:memory:` and `GET /healthz`, from a separate
 //!   load-generating process (`delegations.rs`, `load.rs`);
 //! - `hooks`: one run of our job-started hook next to the design's
-//!   (`hooks.rs`).
+//!   (`hooks.rs`);
+//! - `warm`: queued → job running with a warm runner waiting, next to a
+//!   cold start (`warm.rs`).
 //!
 //! Prints tables; `--json FILE` writes the figures.
 
@@ -22,12 +25,14 @@ pub mod delegations;
 pub mod engine;
 pub mod hooks;
 pub mod load;
+pub mod warm;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Part {
     Engine,
     Delegations,
     Hooks,
+    Warm,
 }
 
 #[derive(Args)]
@@ -44,6 +49,8 @@ pub struct BenchArgs {
     pub delegations: delegations::DelegationArgs,
     #[command(flatten)]
     pub hooks: hooks::HookArgs,
+    #[command(flatten)]
+    pub warm: warm::WarmArgs,
 }
 
 /// The value at percentile `p` (0..=100) of `sorted`, NaN when empty.
@@ -57,6 +64,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut figures = json!({"machine": machine()});
+    let host_ip = args.engine.host_ip;
     if args.only.is_none_or(|p| p == Part::Engine) {
         figures["engine"] = engine::run(args.engine).await?;
     }
@@ -65,6 +73,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.only.is_none_or(|p| p == Part::Hooks) {
         figures["hooks"] = hooks::run(&args.hooks).await?;
+    }
+    if args.only.is_none_or(|p| p == Part::Warm) {
+        figures["warm"] = warm::run(args.warm, host_ip).await?;
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")

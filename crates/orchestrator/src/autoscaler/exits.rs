@@ -18,7 +18,12 @@ impl Autoscaler {
         job_id: Option<Uuid>,
         exit_code: Option<i64>,
     ) {
-        let Some(job_id) = job_id else { return };
+        let code = exit_code.and_then(|c| i32::try_from(c).ok());
+        let Some(job_id) = job_id else {
+            // Only warm runners' containers name no job.
+            self.warm_container_exited(container_id, code).await;
+            return;
+        };
         let Ok(Some(job)) = self.store.get_job(job_id).await else {
             return;
         };
@@ -26,7 +31,6 @@ impl Autoscaler {
             // A proxy-path container (job, service, step): not a runner's.
             return;
         }
-        let code = exit_code.and_then(|c| i32::try_from(c).ok());
         tracing::info!(job = %job.id, container = %container_id, exit_code = ?exit_code, status = %job.status, "runner container exited");
         self.audit
             .record(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use proxy_runner_domain::failure::Failure;
 use proxy_runner_domain::ports::{BackendError, GitHubError, WorkflowJobInfo};
 use proxy_runner_domain::runner_plan::runner_owner;
+use proxy_runner_domain::warm::warm_id;
 use proxy_runner_domain::{Job, JobSource, JobStatus, NewJob};
 use uuid::Uuid;
 
@@ -286,12 +287,16 @@ impl Autoscaler {
             return;
         };
         let mut ran_in = None;
-        if job.ran_in_container_id.is_none()
-            && let Some(owner) = runner_owner(name)
-            && owner != job.id
-            && let Ok(Some(owner_job)) = self.store.get_job(owner).await
-        {
-            ran_in = owner_job.container_id;
+        if job.ran_in_container_id.is_none() {
+            if let Some(owner) = runner_owner(name)
+                && owner != job.id
+                && let Ok(Some(owner_job)) = self.store.get_job(owner).await
+            {
+                ran_in = owner_job.container_id;
+            } else if let Some(warm) = warm_id(name) {
+                // A warm runner took it: the job runs in the warm container.
+                ran_in = self.warm_runner_took_a_job(warm, job.id).await;
+            }
         }
         job.taken_by_runner(name.clone(), info.runner_id, ran_in);
     }

@@ -12,6 +12,7 @@
 //! - `exits`: a runner container stopped;
 //! - `networks`: repository networks, created and removed in order;
 //! - `reconcile`: what no event told us;
+//! - `warm`: warm runners, started before their job (`warm = N`);
 //! - `loops`: the background tasks.
 
 mod exits;
@@ -21,8 +22,10 @@ mod networks;
 mod provision;
 mod reconcile;
 mod schedule;
+mod warm;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +58,23 @@ pub struct Pool {
     pub path: JobPath,
     pub image: Option<String>,
     pub hardening: Option<Hardening>,
+    /// Warm runners kept waiting for each of `warm_repositories`.
+    pub warm: usize,
+    pub warm_repositories: Vec<String>,
+}
+
+impl Pool {
+    /// A label set without warm runners.
+    pub fn new(labels: LabelSet, path: JobPath) -> Pool {
+        Pool {
+            labels,
+            path,
+            image: None,
+            hardening: None,
+            warm: 0,
+            warm_repositories: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +105,10 @@ pub struct AutoscaleConfig {
     pub handoff_grace: Duration,
     /// A running job we heard nothing of for this long is checked on GitHub.
     pub settle_after: Duration,
+    /// An idle warm runner is recycled after this long.
+    pub warm_max_age: Duration,
+    /// A queued job waits this long for a warm runner before a cold start.
+    pub warm_wait: Duration,
 }
 
 impl Default for AutoscaleConfig {
@@ -111,6 +135,8 @@ impl Default for AutoscaleConfig {
             reconcile_every: Duration::from_secs(15),
             handoff_grace: Duration::from_secs(10),
             settle_after: Duration::from_secs(120),
+            warm_max_age: Duration::from_secs(3600),
+            warm_wait: Duration::from_secs(10),
         }
     }
 }
@@ -168,6 +194,12 @@ pub struct Autoscaler {
     empty_networks: Mutex<HashSet<String>>,
     /// Containers of ours the last reconciliation found not running.
     stopped_containers: Mutex<HashSet<String>>,
+    /// Warm runners and the jobs waiting for one.
+    warm: Mutex<warm::WarmInventory>,
+    /// Whether the warm inventory was rebuilt from the engine since start.
+    warm_synced: AtomicBool,
+    /// Warm runners were retired: no more are started.
+    warm_retired: AtomicBool,
 }
 
 impl Autoscaler {
@@ -194,6 +226,9 @@ impl Autoscaler {
             sweeps_seeded: std::sync::atomic::AtomicBool::new(false),
             empty_networks: Mutex::new(HashSet::new()),
             stopped_containers: Mutex::new(HashSet::new()),
+            warm: Mutex::new(warm::WarmInventory::default()),
+            warm_synced: AtomicBool::new(false),
+            warm_retired: AtomicBool::new(false),
         }
     }
 
@@ -232,9 +267,9 @@ impl Autoscaler {
     /// has finished: the state a test or a benchmark inspects.
     pub async fn run_until_quiet(self: &Arc<Self>) -> Result<(), AutoscaleError> {
         loop {
-            let started = self.tick().await?;
+            let (started, warm_started) = self.round().await?;
             self.idle().await;
-            if started.is_empty() {
+            if started.is_empty() && warm_started == 0 {
                 return Ok(());
             }
         }

@@ -35,6 +35,7 @@ impl Autoscaler {
         // Taken after the listing: a job `tick` moves to provisioning is in
         // `in_flight` before its status is written.
         let in_flight: HashSet<Uuid> = lock(&self.in_flight).keys().copied().collect();
+        let warm_known = self.warm_recorded();
         // Listed last: every container whose id a job above records was
         // started before that record was written, so it shows here.
         let Ok(live) = self.backend.list(&self.config.instance).await else {
@@ -42,6 +43,7 @@ impl Autoscaler {
         };
         self.settle_provisioning(provisioning, &in_flight, &live)
             .await;
+        self.sync_warm(&live, &warm_known).await;
         self.stop_idle_runners(&live, &in_flight).await;
         self.remove_unstarted_containers(&live).await;
         self.remove_empty_networks(&live).await;

@@ -10,6 +10,7 @@ use proxy_runner_domain::sync::lock;
 use proxy_runner_domain::{Job, JobSource, JobStatus};
 use uuid::Uuid;
 
+use super::warm::is_due;
 use super::{AutoscaleError, Autoscaler};
 use crate::metrics as m;
 
@@ -26,21 +27,37 @@ impl Autoscaler {
     /// One scheduling round: starts as many queued jobs as the caps allow.
     /// Returns the ids whose provisioning was started.
     pub async fn tick(self: &Arc<Self>) -> Result<Vec<Uuid>, AutoscaleError> {
+        Ok(self.round().await?.0)
+    }
+
+    /// One scheduling round: the jobs whose provisioning it started, and how
+    /// many warm runners it started.
+    pub(super) async fn round(self: &Arc<Self>) -> Result<(Vec<Uuid>, usize), AutoscaleError> {
         let queued = self.queued_github_jobs().await?;
+        let warm = self.warm_configured() || self.has_warm_runners();
         // With work to do, listing the containers is the engine check (one
         // call less per round while a burst starts); idle, a ping.
-        let engine = if queued.is_empty() {
+        let engine = if queued.is_empty() && !warm {
             self.backend.ping().await.map(|()| None)
         } else {
-            self.live_counts().await.map(Some)
+            self.live_for_round(warm).await.map(Some)
         };
         metrics::gauge!(m::BACKEND_UP).set(if engine.is_ok() { 1.0 } else { 0.0 });
-        let Some(live) = engine.map_err(AutoscaleError::EngineNotReady)? else {
-            return Ok(Vec::new());
+        let Some(mut live) = engine.map_err(AutoscaleError::EngineNotReady)? else {
+            return Ok((Vec::new(), 0));
         };
-        let waiting: Vec<Waiting> = queued
+        let now = self.now();
+        let candidates: Vec<&Job> = queued.iter().filter(|j| !self.is_in_flight(j.id)).collect();
+        let due: Vec<&Job> = candidates
             .iter()
-            .filter(|j| !self.is_in_flight(j.id))
+            .copied()
+            .filter(|j| is_due(j, now))
+            .collect();
+        // A job a warm runner can take gets no cold start while it waits.
+        let held = self.hold_for_warm(&due, now);
+        let waiting: Vec<Waiting> = candidates
+            .iter()
+            .filter(|j| !held.jobs.contains(&j.id))
             .map(|j| Waiting {
                 id: j.id,
                 repository: j.repository.clone(),
@@ -48,17 +65,28 @@ impl Autoscaler {
                 not_before: j.not_before,
             })
             .collect();
-        let picked = pick_jobs_to_start(&waiting, &live, self.config.caps, self.now());
+        let picked = pick_jobs_to_start(&waiting, &live, self.config.caps, now);
         let mut started = Vec::new();
-        for id in picked {
-            let Some(job) = queued.iter().find(|j| j.id == id).cloned() else {
+        for id in &picked {
+            let Some(job) = queued.iter().find(|j| j.id == *id).cloned() else {
                 continue;
             };
+            *live.entry(job.repository.to_ascii_lowercase()).or_default() += 1;
             if self.start_provisioning(job).await? {
-                started.push(id);
+                started.push(*id);
             }
         }
-        Ok(started)
+        let starved: Vec<String> = due
+            .iter()
+            .filter(|j| !held.jobs.contains(&j.id) && !picked.contains(&j.id))
+            .map(|j| j.repository.to_ascii_lowercase())
+            .collect();
+        let warm_started = if warm {
+            self.warm_round(&live, &starved, &held, now).await
+        } else {
+            0
+        };
+        Ok((started, warm_started))
     }
 
     /// Queued jobs that came from GitHub (hook jobs are already running on
@@ -113,6 +141,15 @@ impl Autoscaler {
             }
         });
         Ok(true)
+    }
+
+    /// The live counts of a round with work to do; after a restart, the
+    /// warm runners on the engine are found first, so that they count.
+    async fn live_for_round(&self, warm: bool) -> Result<BTreeMap<String, usize>, BackendError> {
+        if warm {
+            self.sync_warm_once().await?;
+        }
+        self.live_counts().await
     }
 
     /// Live containers per repository (lower-case), counting in-flight starts.

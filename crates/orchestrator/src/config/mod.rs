@@ -283,6 +283,12 @@ pub struct RunnersSection {
     pub label_sets: Vec<LabelSetConfig>,
     /// Hardening of every job container unless a label set overrides it.
     pub hardening: Hardening,
+    /// A warm runner that took no job for this many seconds is recycled
+    /// (`PROXY_RUNNER_WARM_MAX_AGE_SECS`).
+    pub warm_max_age_secs: u64,
+    /// How long a queued job waits for a warm runner of its label set and
+    /// repository before it gets a cold start (`PROXY_RUNNER_WARM_WAIT_SECS`).
+    pub warm_wait_secs: u64,
 }
 
 impl Default for RunnersSection {
@@ -296,6 +302,8 @@ impl Default for RunnersSection {
             idle_timeout_secs: 600,
             label_sets: Vec::new(),
             hardening: Hardening::default(),
+            warm_max_age_secs: 3600,
+            warm_wait_secs: 10,
         }
     }
 }
@@ -316,6 +324,17 @@ pub struct LabelSetConfig {
     /// Hardening for jobs of this set (default: `runners.hardening`).
     #[serde(default)]
     pub hardening: Option<Hardening>,
+    /// Warm runners kept waiting for each of `warm_repositories` (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warm: usize,
+    /// `owner/name` of the repositories warm runners wait for: runners are
+    /// registered and networked per repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm_repositories: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -505,6 +524,12 @@ impl Config {
         if let Some(v) = env_parse::<String>(env, "PROXY_RUNNER_RUNNER_IMAGE")? {
             self.runners.image = v;
         }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_WARM_MAX_AGE_SECS")? {
+            self.runners.warm_max_age_secs = v;
+        }
+        if let Some(v) = env_parse(env, "PROXY_RUNNER_WARM_WAIT_SECS")? {
+            self.runners.warm_wait_secs = v;
+        }
         self.apply_proxy_env(env)
     }
 
@@ -538,6 +563,7 @@ impl Config {
                 return bad("every runners.label_sets entry needs at least one label".into());
             }
         }
+        self.validate_warm()?;
         for h in std::iter::once(&r.hardening)
             .chain(r.label_sets.iter().filter_map(|s| s.hardening.as_ref()))
         {
@@ -586,6 +612,74 @@ impl Config {
         }
         if gh.poll.interval_secs == 0 {
             return bad("github.poll.interval_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Warm runners: JIT registration, autoscaled sets, a list of distinct
+    /// repositories, and no more of them than the caps hold.
+    fn validate_warm(&self) -> Result<(), ConfigError> {
+        let r = &self.runners;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut per_repo: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, set) in r.label_sets.iter().enumerate() {
+            let at = format!("runners.label_sets[{i}] (labels {:?})", set.labels);
+            if set.warm == 0 {
+                if !set.warm_repositories.is_empty() {
+                    return bad(format!(
+                        "{at}: warm_repositories is set but warm is 0; set warm = N (runners per repository)"
+                    ));
+                }
+                continue;
+            }
+            if set.path != JobPath::Autoscale {
+                return bad(format!(
+                    "{at}: warm = {} on a proxy label set; warm runners are for path = \"autoscale\"",
+                    set.warm
+                ));
+            }
+            if self.github.registration != Registration::Jit {
+                return bad(format!(
+                    "{at}: warm runners need github.registration = \"jit\" (a single-use config per runner)"
+                ));
+            }
+            if set.warm_repositories.is_empty() {
+                return bad(format!(
+                    "{at}: warm = {} needs warm_repositories = [\"owner/name\", ...]: runners are registered, networked and capped per repository",
+                    set.warm
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for repo in &set.warm_repositories {
+                proxy_runner_domain::names::parse_repository(repo)
+                    .map_err(|e| ConfigError::Invalid(format!("{at}: warm_repositories: {e}")))?;
+                if !seen.insert(repo.to_ascii_lowercase()) {
+                    return bad(format!(
+                        "{at}: warm_repositories names {repo:?} twice (names are compared ignoring case)"
+                    ));
+                }
+                *per_repo.entry(repo.to_ascii_lowercase()).or_default() += set.warm;
+            }
+        }
+        for (repo, n) in &per_repo {
+            if *n > r.max_per_repository {
+                return bad(format!(
+                    "{n} warm runners for {repo} exceed runners.max_per_repository = {}: a job would never find room",
+                    r.max_per_repository
+                ));
+            }
+        }
+        let total: usize = per_repo.values().sum();
+        if total > r.max_concurrent {
+            return bad(format!(
+                "{total} warm runners in all exceed runners.max_concurrent = {}: a job would never find room",
+                r.max_concurrent
+            ));
+        }
+        if total > 0 && (r.warm_max_age_secs == 0 || r.warm_wait_secs == 0) {
+            return bad(
+                "runners.warm_max_age_secs and runners.warm_wait_secs must be at least 1".into(),
+            );
         }
         Ok(())
     }

@@ -141,3 +141,92 @@ fn a_rendered_configuration_sets_no_secret_by_its_placeholders() {
         assert!(err.to_string().contains("masks a secret"), "{err}");
     }
 }
+
+#[test]
+fn warm_runners_from_the_file_and_the_environment() {
+    let file = write(
+        "[runners]\nwarm_max_age_secs = 1800\n[[runners.label_sets]]\nlabels = [\"self-hosted\", \"linux\"]\nwarm = 2\nwarm_repositories = [\"Octo/App\", \"octo/lib\"]\n",
+    );
+    let c = Config::load(Some(file.path()), &env(&[]), &Overrides::default()).unwrap();
+    let set = &c.runners.label_sets[0];
+    assert_eq!(set.warm, 2);
+    assert_eq!(set.warm_repositories, ["Octo/App", "octo/lib"]);
+    assert_eq!(c.runners.warm_max_age_secs, 1800);
+    assert_eq!(c.runners.warm_wait_secs, 10, "the default");
+    // The rendering reads back the same.
+    let again = Config::from_toml(&c.to_masked_toml(), Path::new("shown.toml")).unwrap();
+    assert_eq!(again.runners.label_sets, c.runners.label_sets);
+    let e = env(&[
+        ("PROXY_RUNNER_WARM_MAX_AGE_SECS", "600"),
+        ("PROXY_RUNNER_WARM_WAIT_SECS", "3"),
+    ]);
+    let c = Config::load(Some(file.path()), &e, &Overrides::default()).unwrap();
+    assert_eq!(
+        (c.runners.warm_max_age_secs, c.runners.warm_wait_secs),
+        (600, 3),
+        "the environment beats the file"
+    );
+    let defaults = Config::default();
+    assert_eq!(defaults.runners.warm_max_age_secs, 3600);
+    assert!(!defaults.to_masked_toml().contains("warm_repositories"));
+}
+
+#[test]
+fn warm_runner_settings_are_refused_with_a_reason() {
+    let set = |extra: &str| {
+        format!(
+            "[runners]\nmax_concurrent = 4\nmax_per_repository = 3\n[[runners.label_sets]]\nlabels = [\"self-hosted\"]\n{extra}\n"
+        )
+    };
+    let cases = [
+        ("warm = 1\n", "needs warm_repositories"),
+        ("warm_repositories = [\"o/r\"]\n", "warm is 0"),
+        (
+            "warm = 1\nwarm_repositories = [\"not-a-repo\"]\n",
+            "warm_repositories",
+        ),
+        (
+            "warm = 1\nwarm_repositories = [\"o/r\", \"O/R\"]\n",
+            "twice",
+        ),
+        (
+            "warm = 4\nwarm_repositories = [\"o/r\"]\n",
+            "max_per_repository = 3",
+        ),
+        (
+            "warm = 2\nwarm_repositories = [\"o/a\", \"o/b\", \"o/c\"]\n",
+            "max_concurrent = 4",
+        ),
+        ("warm = -1\n", "warm"),
+    ];
+    for (extra, want) in cases {
+        let file = write(&set(extra));
+        let err = Config::load(Some(file.path()), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains(want), "{extra}: {err}");
+    }
+    let file = write(
+        "[github]\nregistration = \"registration-token\"\n[[runners.label_sets]]\nlabels = [\"self-hosted\"]\nwarm = 1\nwarm_repositories = [\"o/r\"]\n",
+    );
+    let err = Config::load(Some(file.path()), &env(&[]), &Overrides::default()).unwrap_err();
+    assert!(err.to_string().contains("jit"), "{err}");
+    let file = write(
+        "[[runners.label_sets]]\nlabels = [\"self-hosted\"]\nwarm = 1\nwarm_repositories = [\"o/r\"]\n",
+    );
+    let err = Config::load(
+        Some(file.path()),
+        &env(&[("PROXY_RUNNER_WARM_WAIT_SECS", "0")]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("warm_wait_secs"), "{err}");
+    let err = Config::load(
+        None,
+        &env(&[("PROXY_RUNNER_WARM_MAX_AGE_SECS", "soon")]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("PROXY_RUNNER_WARM_MAX_AGE_SECS"),
+        "{err}"
+    );
+}
