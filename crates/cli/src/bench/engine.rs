@@ -7,6 +7,7 @@
 //! and with the runners running their jobs while the others start.
 //! Prints figures; asserts nothing.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use proxy_runner_domain::names::network_name;
 use proxy_runner_domain::ports::{
     ContainerBackend, ContainerSpec, EnvVar, Hardening, JobFilter, JobStore, labels,
 };
+use proxy_runner_domain::Job;
 use proxy_runner_domain::runner_plan::{job_labels, network_spec};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -74,25 +76,23 @@ async fn hold_jobs(r: &Rig, hold: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// When each job (by GitHub id) was recorded and when its container
-/// started, by the orchestrator's clock, once all have started.
+/// When each job (by GitHub id) was recorded and when a runner container
+/// that serves it started, by the orchestrator's clock, once all have one:
+/// its own, or the container started for another job whose runner took it
+/// (a hand-off), whichever started first.
 async fn wait_started(
     store: &dyn JobStore,
     ids: &[u64],
     deadline: Instant,
 ) -> anyhow::Result<Vec<(DateTime<Utc>, DateTime<Utc>)>> {
-    let mut jobs: Vec<Option<Uuid>> = vec![None; ids.len()];
-    let mut started = vec![None; ids.len()];
+    let mut jobs: Vec<Option<Job>> = vec![None; ids.len()];
     loop {
         for (i, github_id) in ids.iter().enumerate() {
             if jobs[i].is_none()
                 && let Some(job) = store.find_by_github_job_id(*github_id).await?
-                && (job.container_id.is_some()
-                    || job.ran_in_container_id.is_some()
-                    || job.started_at.is_some())
+                && (job.container_id.is_some() || job.ran_in_container_id.is_some())
             {
-                jobs[i] = Some(job.id);
-                started[i] = Some(job.created_at);
+                jobs[i] = Some(job);
             }
         }
         if jobs.iter().all(Option::is_some) {
@@ -105,15 +105,29 @@ async fn wait_started(
     }
     // One look at the audit trail for the start instants.
     let audit = store.list_audit(100_000).await?;
+    let started_by_job: HashMap<Uuid, DateTime<Utc>> = audit
+        .iter()
+        .filter(|a| a.action == "container.started")
+        .filter_map(|a| Some((a.job_id?, a.at)))
+        .collect();
+    let started_by_container: HashMap<&str, DateTime<Utc>> = audit
+        .iter()
+        .filter(|a| a.action == "container.started")
+        .filter_map(|a| Some((a.detail["containerId"].as_str()?, a.at)))
+        .collect();
     let mut out = Vec::with_capacity(ids.len());
-    for (job, created) in jobs.into_iter().zip(started) {
-        let (job, created) = (job.expect("all started"), created.expect("all started"));
-        let at = audit
-            .iter()
-            .find(|a| a.job_id == Some(job) && a.action == "container.started")
-            .map(|a| a.at)
-            .context("a started job without its container.started event")?;
-        out.push((created, at));
+    for job in jobs.into_iter().flatten() {
+        let own = started_by_job.get(&job.id).copied();
+        let via = job
+            .ran_in_container_id
+            .as_deref()
+            .and_then(|c| started_by_container.get(c).copied());
+        let at = own
+            .into_iter()
+            .chain(via)
+            .min()
+            .with_context(|| format!("job {} started in no container of ours", job.id))?;
+        out.push((job.created_at, at));
     }
     Ok(out)
 }
@@ -334,6 +348,9 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<Value> {
         )
         .await?;
         ours.extend(latencies(&times));
+        // One at a time: the next job waits until this one is done, so no
+        // runner is left to take it.
+        wait_idle(&r, Instant::now() + Duration::from_secs(120)).await?;
     }
     wait_idle(&r, Instant::now() + Duration::from_secs(300)).await?;
     let mut raw = Vec::new();
