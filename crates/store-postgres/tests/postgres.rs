@@ -22,12 +22,12 @@ async fn migrations_are_versioned_and_reopening_keeps_the_data() {
     let job = hook_job("o/r", "build", "proxy-1", 1);
     {
         let store = db.store().await;
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(store.schema_version().await.unwrap(), 4);
         store.insert_job(&job, &[]).await.unwrap();
         store.close().await;
     }
     let store = db.store().await;
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     assert_eq!(store.get_job(job.id).await.unwrap(), Some(job));
 }
 
@@ -43,7 +43,7 @@ async fn replicas_starting_together_migrate_once() {
     }
     while let Some(started) = starts.join_next().await {
         let store = started.expect("task").expect("every replica starts");
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(store.schema_version().await.unwrap(), 4);
         store.close().await;
     }
 }

@@ -48,12 +48,12 @@ async fn a_file_database_survives_reopening_and_is_versioned() {
                 .await
                 .unwrap()
         );
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(store.schema_version().await.unwrap(), 4);
         store.close().await;
     }
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.get_job(job.id).await.unwrap(), Some(job.clone()));
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     // The delegation key is still held after reopening.
     let retry = hook_job("o/r", "build", "p", 1);
     assert_eq!(
