@@ -95,6 +95,33 @@ fn a_body_trickled_in_is_cut_off_at_the_body_deadline() {
     trickle.join().unwrap();
 }
 
+#[test]
+fn a_body_that_stalls_is_given_up_after_the_stall_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(
+        &dir,
+        &[
+            ("PROXY_RUNNER_HTTP_BODY_TIMEOUT_SECS", "1"),
+            ("PROXY_RUNNER_HTTP_BODY_DEADLINE_SECS", "600"),
+            ("PROXY_RUNNER_ADMIN_TOKEN", "admin-stall"),
+        ],
+    );
+    let mut stream = TcpStream::connect(s.address()).unwrap();
+    write!(
+        stream,
+        "POST /api/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-stall\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"runner\""
+    )
+    .unwrap();
+    // Ten bytes of a thousand, then nothing: only the stall limit can end
+    // it (the whole-body deadline is ten minutes away).
+    let answer = common::read_to_close(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(
+        !answer.contains("within 600 s"),
+        "cut off by the deadline: {answer}"
+    );
+}
+
 #[tokio::test]
 async fn with_every_connection_slot_held_valid_clients_are_still_served() {
     let dir = tempfile::tempdir().unwrap();

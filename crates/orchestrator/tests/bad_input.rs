@@ -6,7 +6,7 @@ use proxy_runner_domain::ports::JobStore;
 use proxy_runner_test_support::rig::{ADMIN, Rig, design_hook_body};
 
 struct Case {
-    name: &'static str,
+    name: String,
     method: &'static str,
     uri: String,
     token: Option<String>,
@@ -29,7 +29,7 @@ fn case(
     mentions: &'static str,
 ) -> Case {
     Case {
-        name,
+        name: name.to_string(),
         method,
         uri: uri.to_string(),
         token: token.map(str::to_string),
@@ -135,27 +135,43 @@ async fn every_endpoint_rejects_bad_input_cleanly() {
         "duplicate key \"repository\"",
     ));
     let good = design_hook_body("build", "9", "o/r", "p", "self-hosted");
-    for (what, ct) in [
-        ("form-encoded", Some("application/x-www-form-urlencoded")),
-        ("a look-alike type", Some("application/jsonx")),
+    let done = format!("/api/jobs/{unknown}/complete");
+    // Every route that takes a JSON body, with the body it would accept.
+    let json_routes: [(&str, &str, &str, &[u8]); 4] = [
+        ("delegate", "/api/jobs/delegate", r, good.as_bytes()),
+        ("token create", "/api/tokens", ADMIN, br#"{"runner":"p2"}"#),
         (
-            "a JSON-based type of its own meaning",
-            Some("application/json-patch+json"),
+            "token revoke",
+            "/api/tokens/revoke",
+            ADMIN,
+            br#"{"token":"prt_x"}"#,
         ),
-        ("no Content-Type", None),
-    ] {
-        let mut c = case(
-            what,
-            "POST",
-            "/api/jobs/delegate",
-            Some(r),
-            Some(good.as_bytes()),
-            415,
-            "unsupported_media_type",
-            "Content-Type",
-        );
-        c.content_type = ct;
-        cases.push(c);
+        ("complete", &done, r, br#"{"conclusion":"success"}"#),
+    ];
+    for (route, uri, token, body) in json_routes {
+        for (what, ct) in [
+            ("form-encoded", Some("application/x-www-form-urlencoded")),
+            ("a look-alike type", Some("application/jsonx")),
+            (
+                "a JSON-based type of its own meaning",
+                Some("application/json-patch+json"),
+            ),
+            ("no Content-Type", None),
+        ] {
+            let mut c = case(
+                what,
+                "POST",
+                uri,
+                Some(token),
+                Some(body),
+                415,
+                "unsupported_media_type",
+                "Content-Type",
+            );
+            c.name = format!("{route}: {what}");
+            c.content_type = ct;
+            cases.push(c);
+        }
     }
 
     let mut failures = Vec::new();

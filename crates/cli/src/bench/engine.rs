@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::Args;
+use proxy_runner_domain::Job;
 use proxy_runner_domain::names::network_name;
 use proxy_runner_domain::ports::{
     ContainerBackend, ContainerSpec, EnvVar, Hardening, JobFilter, JobStore, labels,
 };
-use proxy_runner_domain::Job;
 use proxy_runner_domain::runner_plan::{job_labels, network_spec};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -103,33 +103,42 @@ async fn wait_started(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // One look at the audit trail for the start instants.
-    let audit = store.list_audit(100_000).await?;
-    let started_by_job: HashMap<Uuid, DateTime<Utc>> = audit
-        .iter()
-        .filter(|a| a.action == "container.started")
-        .filter_map(|a| Some((a.job_id?, a.at)))
-        .collect();
-    let started_by_container: HashMap<&str, DateTime<Utc>> = audit
-        .iter()
-        .filter(|a| a.action == "container.started")
-        .filter_map(|a| Some((a.detail["containerId"].as_str()?, a.at)))
-        .collect();
-    let mut out = Vec::with_capacity(ids.len());
-    for job in jobs.into_iter().flatten() {
-        let own = started_by_job.get(&job.id).copied();
-        let via = job
-            .ran_in_container_id
-            .as_deref()
-            .and_then(|c| started_by_container.get(c).copied());
-        let at = own
-            .into_iter()
-            .chain(via)
-            .min()
-            .with_context(|| format!("job {} started in no container of ours", job.id))?;
-        out.push((job.created_at, at));
+    // The start instants, from the audit trail.
+    loop {
+        let audit = store.list_audit(100_000).await?;
+        let started_by_job: HashMap<Uuid, DateTime<Utc>> = audit
+            .iter()
+            .filter(|a| a.action == "container.started")
+            .filter_map(|a| Some((a.job_id?, a.at)))
+            .collect();
+        let started_by_container: HashMap<&str, DateTime<Utc>> = audit
+            .iter()
+            .filter(|a| a.action == "container.started")
+            .filter_map(|a| Some((a.detail["containerId"].as_str()?, a.at)))
+            .collect();
+        let found: Vec<Option<(DateTime<Utc>, DateTime<Utc>)>> = jobs
+            .iter()
+            .flatten()
+            .map(|job| {
+                let own = started_by_job.get(&job.id).copied();
+                let via = job
+                    .ran_in_container_id
+                    .as_deref()
+                    .and_then(|c| started_by_container.get(c).copied());
+                own.into_iter()
+                    .chain(via)
+                    .min()
+                    .map(|at| (job.created_at, at))
+            })
+            .collect();
+        if found.iter().all(Option::is_some) {
+            return Ok(found.into_iter().flatten().collect());
+        }
+        if Instant::now() > deadline {
+            bail!("a job started in no container whose start was recorded");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(out)
 }
 
 /// Seconds from each job recorded to its container started.

@@ -32,17 +32,6 @@ impl Autoscaler {
                 metrics::histogram!(m::PROVISION_DURATION).record(seconds(now - started));
                 metrics::histogram!(m::QUEUE_TO_START).record(seconds(now - job.created_at));
                 tracing::info!(job = %job.id, container = %container_id, attempt = job.attempts, "runner container started");
-                self.audit
-                    .record(
-                        "orchestrator",
-                        "container.started",
-                        Some(job.id),
-                        serde_json::json!({
-                            "container": runner.container_name, "containerId": container_id,
-                            "runnerName": runner.runner_name, "attempt": job.attempts,
-                        }),
-                    )
-                    .await;
                 true
             }
             Err(failure) => {
@@ -157,7 +146,20 @@ impl Autoscaler {
         started: &StartedContainer,
     ) {
         job.container_started(started.id.clone(), runner.runner_name.clone(), self.now());
-        match self.save(job, JobStatus::Provisioning, &[]).await {
+        // The start and its record commit together.
+        let event = self.audit.event(
+            "orchestrator",
+            "container.started",
+            Some(job.id),
+            serde_json::json!({
+                "container": runner.container_name, "containerId": started.id,
+                "runnerName": runner.runner_name, "attempt": job.attempts,
+            }),
+        );
+        match self
+            .save(job, JobStatus::Provisioning, std::slice::from_ref(&event))
+            .await
+        {
             Ok(true) => {}
             // GitHub settled the job meanwhile (e.g. cancelled): keep the
             // container record on the job so the exit event cleans up.
@@ -169,7 +171,7 @@ impl Autoscaler {
                         job.provisioned_runner_id,
                         self.now(),
                     );
-                    let _ = self.save(&mut current, expected, &[]).await;
+                    let _ = self.save(&mut current, expected, &[event]).await;
                     if current.status.is_terminal() {
                         let _ = self.backend.stop(&started.id, Duration::from_secs(5)).await;
                     }

@@ -230,3 +230,94 @@ fn warm_runner_settings_are_refused_with_a_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn http_limits_from_defaults_the_file_and_the_environment() {
+    let defaults = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+    let h = &defaults.http;
+    assert_eq!(
+        (
+            h.header_read_timeout_secs,
+            h.max_connections,
+            h.body_read_timeout_secs,
+            h.body_read_deadline_secs,
+            h.webhook_body_limit_bytes,
+            h.max_large_bodies,
+            h.large_body_wait_secs
+        ),
+        (10, 512, 30, 60, 1024 * 1024, 8, 10),
+        "the defaults the README documents"
+    );
+    let file = write(
+        "[http]\nheader_read_timeout_secs = 3\nmax_connections = 100\nbody_read_timeout_secs = 4\n\
+         body_read_deadline_secs = 5\nwebhook_body_limit_bytes = 4096\nmax_large_bodies = 2\nlarge_body_wait_secs = 6\n",
+    );
+    let e = env(&[
+        ("PROXY_RUNNER_HTTP_MAX_CONNECTIONS", "200"),
+        ("PROXY_RUNNER_HTTP_BODY_DEADLINE_SECS", "7"),
+    ]);
+    let c = Config::load(Some(file.path()), &e, &Overrides::default()).unwrap();
+    let served = c.http.limits();
+    assert_eq!(
+        served.header_read_timeout,
+        std::time::Duration::from_secs(3)
+    );
+    assert_eq!(served.max_connections, 200, "env beats file");
+    let bodies = c.http.body_limits();
+    assert_eq!(bodies.read_timeout, std::time::Duration::from_secs(4));
+    assert_eq!(
+        bodies.read_deadline,
+        std::time::Duration::from_secs(7),
+        "env beats file"
+    );
+    assert_eq!(bodies.webhook, 4096);
+    assert_eq!(bodies.max_large_bodies, 2);
+    assert_eq!(bodies.large_body_wait, std::time::Duration::from_secs(6));
+}
+
+#[test]
+fn http_limits_out_of_range_are_refused_naming_the_setting() {
+    for (var, value, named) in [
+        (
+            "PROXY_RUNNER_HTTP_WEBHOOK_BODY_LIMIT_BYTES",
+            "1023",
+            "webhook_body_limit_bytes",
+        ),
+        (
+            "PROXY_RUNNER_HTTP_WEBHOOK_BODY_LIMIT_BYTES",
+            "26214401",
+            "webhook_body_limit_bytes",
+        ),
+        ("PROXY_RUNNER_HTTP_MAX_CONNECTIONS", "0", "max_connections"),
+        (
+            "PROXY_RUNNER_HTTP_HEADER_TIMEOUT_SECS",
+            "0",
+            "header_read_timeout_secs",
+        ),
+        (
+            "PROXY_RUNNER_HTTP_BODY_DEADLINE_SECS",
+            "0",
+            "body_read_deadline_secs",
+        ),
+        (
+            "PROXY_RUNNER_HTTP_BODY_TIMEOUT_SECS",
+            "0",
+            "body_read_timeout_secs",
+        ),
+        (
+            "PROXY_RUNNER_HTTP_MAX_LARGE_BODIES",
+            "0",
+            "max_large_bodies",
+        ),
+        (
+            "PROXY_RUNNER_HTTP_MAX_CONNECTIONS",
+            "many",
+            "PROXY_RUNNER_HTTP_MAX_CONNECTIONS",
+        ),
+    ] {
+        let err = Config::load(None, &env(&[(var, value)]), &Overrides::default())
+            .and_then(|c| c.validate().map(|()| c))
+            .expect_err(&format!("{var}={value} was accepted"));
+        assert!(err.to_string().contains(named), "{var}={value}: {err}");
+    }
+}
