@@ -233,12 +233,18 @@ impl Yardstick {
         Ok(t.elapsed().as_secs_f64())
     }
 
-    /// Waits until its containers are gone, then removes its network.
-    async fn clean(&self, r: &Rig) -> anyhow::Result<()> {
+    /// Waits (up to two minutes) until its containers are gone.
+    async fn await_gone(&self, r: &Rig) -> anyhow::Result<()> {
         let until = Instant::now() + Duration::from_secs(120);
         while !r.docker.list(&self.instance).await?.is_empty() && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
+    }
+
+    /// Waits until its containers are gone, then removes its network.
+    async fn clean(&self, r: &Rig) -> anyhow::Result<()> {
+        self.await_gone(r).await?;
         for c in r.docker.list(&self.instance).await? {
             let _ = r.docker.remove(&c.id).await;
         }
@@ -362,13 +368,17 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<Value> {
         wait_idle(&r, Instant::now() + Duration::from_secs(120)).await?;
     }
     wait_idle(&r, Instant::now() + Duration::from_secs(300)).await?;
+    // Each start on an engine as quiet as ours had: the previous container
+    // gone first.
     let mut raw = Vec::new();
     for _ in 0..args.sequential {
         raw.push(yardstick.start(&r).await?);
+        yardstick.await_gone(&r).await?;
     }
     let mut cli = Vec::new();
     for _ in 0..args.sequential {
         cli.push(docker_run(&run_args).await?);
+        yardstick.await_gone(&r).await?;
     }
     yardstick.clean(&r).await?;
 
