@@ -62,8 +62,10 @@ async fn docker_lines(args: &[&str]) -> Vec<String> {
         .output()
         .await
         .unwrap();
+    // `inspect` of a container already removed prints an empty line.
     String::from_utf8_lossy(&out.stdout)
         .lines()
+        .filter(|l| !l.trim().is_empty())
         .map(String::from)
         .collect()
 }

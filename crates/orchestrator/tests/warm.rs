@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use proxy_runner_domain::labels::LabelSet;
 use proxy_runner_domain::ports::{
-    Clock, ContainerBackend, ContainerInfo, JobFilter, JobStore, RunnerInfo, RunnerRegistry, Scope,
-    WorkflowJobInfo,
+    AuditEvent, Clock, ContainerBackend, ContainerInfo, Inserted, JobFilter, JobStore, RunnerInfo,
+    RunnerRegistry, Scope, StoreError, TokenFilter, TokenRecord, WorkflowJobInfo,
 };
 use proxy_runner_domain::schedule::Caps;
 use proxy_runner_domain::warm::warm_id;
@@ -25,6 +26,7 @@ use proxy_runner_store::SqliteStore;
 use proxy_runner_test_support::registry::{FakeRegistry, JIT_SECRET_PREFIX, RegistryCall};
 use proxy_runner_test_support::rig::{Rig as Served, RigOptions};
 use proxy_runner_test_support::{FixedJitter, ManualClock};
+use tokio::sync::oneshot;
 
 const LINUX: [&str; 2] = ["self-hosted", "linux"];
 const GPU: [&str; 2] = ["self-hosted", "gpu"];
@@ -517,6 +519,272 @@ async fn a_warm_runner_that_dies_idle_is_deregistered_and_replaced() {
     let now_warm = warm_containers(&r);
     assert_eq!(now_warm.len(), 1);
     assert_ne!(now_warm[0].id, w.id);
+}
+
+/// GitHub: the warm runner `runner` ran the job and finished it; no
+/// webhook has said so yet.
+fn github_ran(r: &Rig, ev: &WorkflowJobInfo, runner: &str) -> WorkflowJobInfo {
+    let mut done = ev.clone();
+    done.status = "completed".into();
+    done.conclusion = Some("success".into());
+    done.runner_name = Some(runner.to_string());
+    done.runner_id = Some(99);
+    r.registry
+        .github_jobs
+        .lock()
+        .unwrap()
+        .insert(ev.id, done.clone());
+    done
+}
+
+#[tokio::test]
+async fn a_warm_runner_that_exits_after_a_job_before_the_webhook_says_it_took_it_causes_no_cold_start()
+ {
+    let r = rig(config(1)).await;
+    settle(&r).await;
+    let w = warm_containers(&r).remove(0);
+    let ev = info(1, "octo/repo", &LINUX);
+    let id = queue(&r.scaler, &ev).await;
+    settle(&r).await;
+    assert_eq!(job(&r, id).await.status, JobStatus::Queued);
+
+    // A short job: the warm runner took it, ran it and left before GitHub's
+    // in_progress webhook reached us. Its exit is no idle runner dying.
+    let done = github_ran(&r, &ev, &w.name);
+    r.backend.exit(&w.id, 0);
+    r.scaler.on_container_exit(&w.id, None, Some(0)).await;
+    settle(&r).await;
+    let j = job(&r, id).await;
+    assert_eq!(j.status, JobStatus::Completed);
+    assert_eq!(j.attempts, 0, "no provisioning for it: {j:?}");
+    assert_eq!(j.ran_in_container_id.as_deref(), Some(w.id.as_str()));
+    assert_eq!(j.exit_code, Some(0));
+    assert!(cold_starts(&r).is_empty(), "{:?}", cold_starts(&r));
+    assert!(r.registry.deleted().is_empty(), "GitHub removes it itself");
+
+    // The webhooks arrive late: nothing changes.
+    taken_by(&r.scaler, &ev, &w.name).await;
+    r.scaler
+        .ingest(JobAction::Completed, &done, JobSource::Webhook)
+        .await
+        .unwrap();
+    settle(&r).await;
+    let j = job(&r, id).await;
+    assert_eq!((j.status, j.attempts), (JobStatus::Completed, 0));
+    assert!(cold_starts(&r).is_empty());
+    assert_eq!(r.scaler.warm_idle(&LINUX, "octo/repo"), 1, "replaced");
+}
+
+#[tokio::test]
+async fn a_warm_container_gone_unseen_after_a_job_before_the_webhook_causes_no_cold_start() {
+    let r = rig(config(1)).await;
+    settle(&r).await;
+    let w = warm_containers(&r).remove(0);
+    let ev = info(1, "octo/repo", &LINUX);
+    let id = queue(&r.scaler, &ev).await;
+    settle(&r).await;
+
+    // Its exit event was missed: the reconciler finds the container gone.
+    github_ran(&r, &ev, &w.name);
+    r.backend.exit(&w.id, 0);
+    r.scaler.reconcile().await;
+    settle(&r).await;
+    let j = job(&r, id).await;
+    assert_eq!(j.status, JobStatus::Completed);
+    assert_eq!(j.attempts, 0, "no provisioning for it: {j:?}");
+    assert_eq!(j.ran_in_container_id.as_deref(), Some(w.id.as_str()));
+    assert!(cold_starts(&r).is_empty(), "{:?}", cold_starts(&r));
+}
+
+/// The store, with the next write of a running job held until the test
+/// lets it through: an event caught between its steps.
+struct GatedStore {
+    inner: Arc<SqliteStore>,
+    gate: tokio::sync::Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+}
+
+impl GatedStore {
+    /// Arms the gate: the first receiver fires when a write is held, the
+    /// sender lets it through.
+    async fn arm(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached_tx, reached_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel();
+        *self.gate.lock().await = Some((reached_tx, release_rx));
+        (reached_rx, release_tx)
+    }
+}
+
+#[async_trait::async_trait]
+impl JobStore for GatedStore {
+    async fn insert_job(&self, job: &Job, audit: &[AuditEvent]) -> Result<Inserted, StoreError> {
+        self.inner.insert_job(job, audit).await
+    }
+    async fn get_job(&self, id: uuid::Uuid) -> Result<Option<Job>, StoreError> {
+        self.inner.get_job(id).await
+    }
+    async fn find_by_github_job_id(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        self.inner.find_by_github_job_id(id).await
+    }
+    async fn find_active_for_runner(
+        &self,
+        runner_name: &str,
+        job_key: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        self.inner
+            .find_active_for_runner(runner_name, job_key)
+            .await
+    }
+    async fn find_active_hook_job(&self, runner_name: &str) -> Result<Option<Job>, StoreError> {
+        self.inner.find_active_hook_job(runner_name).await
+    }
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        self.inner.list_jobs(filter).await
+    }
+    async fn update_job(
+        &self,
+        job: &mut Job,
+        expected: JobStatus,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        if job.status == JobStatus::Running {
+            let gate = self.gate.lock().await.take();
+            if let Some((reached, release)) = gate {
+                let _ = reached.send(());
+                let _ = release.await;
+            }
+        }
+        self.inner.update_job(job, expected, audit).await
+    }
+    async fn delete_job(
+        &self,
+        id: uuid::Uuid,
+        revision: u64,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        self.inner.delete_job(id, revision, audit).await
+    }
+    async fn insert_token(
+        &self,
+        token: &TokenRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), StoreError> {
+        self.inner.insert_token(token, audit).await
+    }
+    async fn find_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner.find_token_by_hash(hash).await
+    }
+    async fn revoke_token(
+        &self,
+        id: uuid::Uuid,
+        at: DateTime<Utc>,
+        audit: &[AuditEvent],
+    ) -> Result<bool, StoreError> {
+        self.inner.revoke_token(id, at, audit).await
+    }
+    async fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
+        self.inner.list_tokens(filter).await
+    }
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.append_audit(event).await
+    }
+    async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.list_audit(limit).await
+    }
+    async fn record_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.record_delivery(delivery_id, event, at).await
+    }
+    async fn forget_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
+        self.inner.forget_delivery(delivery_id).await
+    }
+    async fn find_unlinked_hook_job(
+        &self,
+        runner_name: &str,
+        repository: &str,
+        run_id: u64,
+        run_attempt: u32,
+    ) -> Result<Option<Job>, StoreError> {
+        self.inner
+            .find_unlinked_hook_job(runner_name, repository, run_id, run_attempt)
+            .await
+    }
+    async fn find_tracking_records(
+        &self,
+        runner_name: &str,
+        repository: &str,
+        run_id: u64,
+        run_attempt: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.inner
+            .find_tracking_records(runner_name, repository, run_id, run_attempt)
+            .await
+    }
+    async fn repositories_updated_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.repositories_updated_since(since).await
+    }
+    async fn find_job_ran_in_container(
+        &self,
+        container_id: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        self.inner.find_job_ran_in_container(container_id).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn a_round_between_a_warm_runner_taking_a_job_and_its_record_saying_so_starts_no_runner() {
+    let r = rig(config(1)).await;
+    let store = Arc::new(GatedStore {
+        inner: r.store.clone(),
+        gate: tokio::sync::Mutex::new(None),
+    });
+    let scaler = Arc::new(Autoscaler::new(
+        store.clone() as Arc<dyn JobStore>,
+        r.backend.clone() as Arc<dyn ContainerBackend>,
+        r.registry.clone() as Arc<dyn RunnerRegistry>,
+        Sources {
+            clock: r.clock.clone(),
+            jitter: Arc::new(FixedJitter(0.5)),
+            ..Sources::system()
+        },
+        config(1),
+    ));
+    settle_with(&scaler, &r.clock).await;
+    let w = warm_containers(&r).remove(0);
+    let ev = info(1, "octo/repo", &LINUX);
+    let id = queue(&scaler, &ev).await;
+    settle_with(&scaler, &r.clock).await;
+    assert_eq!(job(&r, id).await.status, JobStatus::Queued);
+
+    // The in_progress event is held after the runner is marked taken and
+    // before the job's record says so; a round runs in between.
+    let (reached, release) = store.arm().await;
+    let taking = tokio::spawn({
+        let (scaler, ev, name) = (scaler.clone(), ev.clone(), w.name.clone());
+        async move { taken_by(&scaler, &ev, &name).await }
+    });
+    reached.await.unwrap();
+    assert_eq!(job(&r, id).await.status, JobStatus::Queued);
+    let started = scaler.tick().await.unwrap();
+    assert!(started.is_empty(), "a runner started for {started:?}");
+    release.send(()).unwrap();
+    taking.await.unwrap();
+
+    settle_with(&scaler, &r.clock).await;
+    let j = job(&r, id).await;
+    assert_eq!(j.status, JobStatus::Running);
+    assert_eq!(j.attempts, 0, "no provisioning for it: {j:?}");
+    assert_eq!(j.ran_in_container_id.as_deref(), Some(w.id.as_str()));
+    assert!(cold_starts(&r).is_empty(), "{:?}", cold_starts(&r));
 }
 
 #[tokio::test]

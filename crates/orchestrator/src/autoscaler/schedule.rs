@@ -48,13 +48,13 @@ impl Autoscaler {
         };
         let now = self.now();
         let candidates: Vec<&Job> = queued.iter().filter(|j| !self.is_in_flight(j.id)).collect();
+        // A job a warm runner took or can take gets no cold start.
+        let held = self.hold_for_warm(&candidates, now);
         let due: Vec<&Job> = candidates
             .iter()
             .copied()
             .filter(|j| is_due(j, now))
             .collect();
-        // A job a warm runner can take gets no cold start while it waits.
-        let held = self.hold_for_warm(&due, now);
         let waiting: Vec<Waiting> = candidates
             .iter()
             .filter(|j| !held.jobs.contains(&j.id))
@@ -91,7 +91,7 @@ impl Autoscaler {
 
     /// Queued jobs that came from GitHub (hook jobs are already running on
     /// their proxy runner), all pages.
-    async fn queued_github_jobs(&self) -> Result<Vec<Job>, AutoscaleError> {
+    pub(super) async fn queued_github_jobs(&self) -> Result<Vec<Job>, AutoscaleError> {
         let mut queued = Vec::new();
         let mut after = None;
         loop {

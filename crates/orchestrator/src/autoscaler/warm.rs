@@ -42,6 +42,9 @@ pub(super) struct WarmEntry {
     container: Option<String>,
     /// GitHub's id; unknown for one adopted after a restart (found by name).
     registered_id: Option<u64>,
+    /// The job GitHub gave it (once taken), known before that job's record
+    /// says so: the record is written after the inventory is.
+    job: Option<Uuid>,
 }
 
 /// The warm runners and the queued jobs waiting for one.
@@ -55,11 +58,12 @@ pub(super) struct WarmInventory {
     backoff: HashMap<(String, String), (u32, DateTime<Utc>)>,
 }
 
-/// The jobs of one round that wait for a warm runner.
+/// The jobs of one round that get no cold start: a warm runner took them,
+/// or they wait for one.
 #[derive(Debug, Default)]
 pub(super) struct Held {
     pub jobs: HashSet<Uuid>,
-    /// (label set, repository) of each held job.
+    /// (label set, repository) of each job waiting for a warm runner.
     pub keys: Vec<(String, String)>,
 }
 
@@ -124,26 +128,29 @@ impl Autoscaler {
     }
 
     fn warm_runners(&self) -> Vec<WarmRunner> {
-        lock(&self.warm)
-            .runners
-            .iter()
-            .map(|(id, e)| WarmRunner {
-                id: *id,
-                pool: e.pool.clone(),
-                repository: e.repository.clone(),
-                since: e.since,
-                state: e.state,
-            })
-            .collect()
+        snapshot(&lock(&self.warm))
     }
 
-    /// Which of the due queued jobs wait for a warm runner this round.
-    pub(super) fn hold_for_warm(&self, due: &[&Job], now: DateTime<Utc>) -> Held {
-        let demand: Vec<WarmDemand> = {
+    /// Which of the queued jobs (`due` to start, or not yet) get no cold
+    /// start this round: those GitHub gave to a warm runner already, and
+    /// the due ones that wait for one. The inventory is read once, so that
+    /// a runner taking a job meanwhile is seen either as available or as
+    /// having taken it.
+    pub(super) fn hold_for_warm(&self, queued: &[&Job], now: DateTime<Utc>) -> Held {
+        let (demand, runners, mut jobs) = {
             let mut inv = lock(&self.warm);
-            let queued: HashSet<Uuid> = due.iter().map(|j| j.id).collect();
-            inv.waiting_since.retain(|id, _| queued.contains(id));
-            due.iter()
+            // A job's record reads queued until the event that a warm
+            // runner took it is written, after the runner is marked taken.
+            let taken: HashSet<Uuid> = inv.runners.values().filter_map(|e| e.job).collect();
+            let due: Vec<&Job> = queued
+                .iter()
+                .copied()
+                .filter(|j| is_due(j, now) && !taken.contains(&j.id))
+                .collect();
+            let ids: HashSet<Uuid> = due.iter().map(|j| j.id).collect();
+            inv.waiting_since.retain(|id, _| ids.contains(id));
+            let demand: Vec<WarmDemand> = due
+                .iter()
                 .filter_map(|j| {
                     let pool = self.warm_pool_of(j)?;
                     let since = *inv.waiting_since.entry(j.id).or_insert(now);
@@ -154,17 +161,27 @@ impl Autoscaler {
                         since,
                     })
                 })
-                .collect()
+                .collect();
+            let mine: HashSet<Uuid> = queued
+                .iter()
+                .map(|j| j.id)
+                .filter(|id| taken.contains(id))
+                .collect();
+            (demand, snapshot(&inv), mine)
         };
         if demand.is_empty() {
-            return Held::default();
+            return Held {
+                jobs,
+                keys: Vec::new(),
+            };
         }
-        let jobs = warm::hold_for_warm(&demand, &self.warm_runners(), now, self.config.warm_wait);
+        let waiting = warm::hold_for_warm(&demand, &runners, now, self.config.warm_wait);
         let keys = demand
             .iter()
-            .filter(|d| jobs.contains(&d.job))
+            .filter(|d| waiting.contains(&d.job))
             .map(|d| (d.pool.clone(), d.repository.to_ascii_lowercase()))
             .collect();
+        jobs.extend(waiting);
         Held { jobs, keys }
     }
 
@@ -256,6 +273,7 @@ impl Autoscaler {
                 state: WarmState::Starting,
                 container: None,
                 registered_id: None,
+                job: None,
             },
         );
         let this = Arc::clone(self);
@@ -458,6 +476,7 @@ impl Autoscaler {
                 Some(e) => {
                     let newly = e.state != WarmState::Taken;
                     e.state = WarmState::Taken;
+                    e.job = Some(job);
                     if newly {
                         metrics::counter!(m::WARM_TAKEN, "label_set" => e.pool.clone())
                             .increment(1);
@@ -498,15 +517,17 @@ impl Autoscaler {
     /// code goes to the job that ran in it; an idle one that died is
     /// deregistered and replaced.
     pub(super) async fn warm_container_exited(&self, container_id: &str, code: Option<i32>) {
-        let entry = {
-            let mut inv = lock(&self.warm);
-            let id = inv
-                .runners
-                .iter()
-                .find(|(_, e)| e.container.as_deref() == Some(container_id))
-                .map(|(id, _)| *id);
-            id.and_then(|id| inv.runners.remove(&id).map(|e| (id, e)))
-        };
+        let found = lock(&self.warm)
+            .runners
+            .iter()
+            .find(|(_, e)| e.container.as_deref() == Some(container_id))
+            .map(|(id, e)| (*id, e.clone()));
+        if let Some((id, e)) = &found
+            && matches!(e.state, WarmState::Idle | WarmState::Starting)
+        {
+            self.settle_what_it_took(*id, e).await;
+        }
+        let entry = found.and_then(|(id, _)| lock(&self.warm).runners.remove(&id).map(|e| (id, e)));
         let ran = self
             .store
             .find_job_ran_in_container(container_id)
@@ -570,16 +591,16 @@ impl Autoscaler {
             if lock(&self.warm).runners.contains_key(&id) {
                 continue;
             }
-            let taken = matches!(
-                self.store.find_job_ran_in_container(&c.id).await,
-                Ok(Some(_))
-            );
+            let taken = match self.store.find_job_ran_in_container(&c.id).await {
+                Ok(Some(j)) => Some(j.id),
+                _ => None,
+            };
             let since = c
                 .labels
                 .get(label_keys::WARM_SINCE)
                 .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
                 .map_or_else(|| self.now(), |t| t.with_timezone(&Utc));
-            let state = if taken {
+            let state = if taken.is_some() {
                 WarmState::Taken
             } else {
                 WarmState::Idle
@@ -592,22 +613,28 @@ impl Autoscaler {
                 state,
                 container: Some(c.id.clone()),
                 registered_id: None,
+                job: taken,
             });
         }
-        let vanished: Vec<(Uuid, WarmEntry)> = {
-            let mut inv = lock(&self.warm);
-            let gone: Vec<Uuid> = inv
-                .runners
-                .iter()
-                .filter(|(id, _)| known.contains(*id) && !seen.contains(*id))
-                .filter(|(_, e)| e.state != WarmState::Recycling)
-                .map(|(id, _)| *id)
-                .collect();
-            gone.into_iter()
-                .filter_map(|id| inv.runners.remove(&id).map(|e| (id, e)))
-                .collect()
-        };
-        for (id, entry) in vanished {
+        let gone: Vec<(Uuid, WarmEntry)> = lock(&self.warm)
+            .runners
+            .iter()
+            .filter(|(id, _)| known.contains(*id) && !seen.contains(*id))
+            .filter(|(_, e)| e.state != WarmState::Recycling)
+            .map(|(id, e)| (*id, e.clone()))
+            .collect();
+        for (id, entry) in gone {
+            if entry.state == WarmState::Idle {
+                self.settle_what_it_took(id, &entry).await;
+            }
+            let entry = {
+                let mut inv = lock(&self.warm);
+                match inv.runners.get(&id) {
+                    Some(e) if e.state != WarmState::Recycling => inv.runners.remove(&id),
+                    _ => None,
+                }
+            };
+            let Some(entry) = entry else { continue };
             tracing::warn!(runner = %warm::warm_name(id), "warm runner container vanished");
             if entry.state == WarmState::Idle {
                 self.deregister_warm(&warm::warm_name(id), &entry).await;
@@ -615,6 +642,38 @@ impl Autoscaler {
         }
         if !self.warm_synced.swap(true, Ordering::SeqCst) {
             self.delete_warm_runners_without_container().await;
+        }
+    }
+
+    /// Warm runner `id`'s container is gone and no event said it took a job.
+    /// An ephemeral runner leaves after its one job, and that event may
+    /// come after the exit: GitHub is asked about the queued jobs it could
+    /// have taken (oldest first) while it is still in the inventory, so
+    /// that they stay held meanwhile and none gets a cold start it does not
+    /// need.
+    async fn settle_what_it_took(&self, id: Uuid, entry: &WarmEntry) {
+        /// GitHub calls per exit, at most (one job per runner).
+        const ASK: usize = 4;
+        let Ok(queued) = self.queued_github_jobs().await else {
+            return;
+        };
+        let mut theirs: Vec<&Job> = queued
+            .iter()
+            .filter(|j| {
+                j.repository.eq_ignore_ascii_case(&entry.repository)
+                    && self.warm_pool_of(j).as_deref() == Some(entry.pool.as_str())
+            })
+            .collect();
+        theirs.sort_by_key(|j| (j.created_at, j.id));
+        for job in theirs.into_iter().take(ASK) {
+            self.settle_from_github(job).await;
+            let took = lock(&self.warm)
+                .runners
+                .get(&id)
+                .is_none_or(|e| e.job.is_some());
+            if took {
+                return;
+            }
         }
     }
 
@@ -685,6 +744,19 @@ impl Autoscaler {
             })
             .count()
     }
+}
+
+fn snapshot(inv: &WarmInventory) -> Vec<WarmRunner> {
+    inv.runners
+        .iter()
+        .map(|(id, e)| WarmRunner {
+            id: *id,
+            pool: e.pool.clone(),
+            repository: e.repository.clone(),
+            since: e.since,
+            state: e.state,
+        })
+        .collect()
 }
 
 /// Whether a job is still waiting in the queue (the hold applies to it).
