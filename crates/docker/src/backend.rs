@@ -368,6 +368,7 @@ impl DockerBackend {
     pub async fn create_and_start_plain(
         &self,
         spec: &ContainerSpec,
+        entrypoint: Option<Vec<String>>,
     ) -> Result<String, BackendError> {
         let no_secrets = || BackendError::Other("a plain start takes no secrets".into());
         if !spec.stdin_secrets.is_empty() {
@@ -382,7 +383,7 @@ impl DockerBackend {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let docker = self.client().await?;
-        let body = self.create_body(spec, env, None)?;
+        let body = self.create_body(spec, env, entrypoint)?;
         let options = CreateContainerOptions {
             name: Some(spec.name.clone()),
             ..Default::default()

@@ -174,10 +174,12 @@ async fn wait_idle(r: &Rig, deadline: Instant) -> anyhow::Result<()> {
 
 /// The yardstick: a container spec as the orchestrator makes one for a
 /// runner (image, hardening, environment, labels, a repository network),
-/// without the credential; its containers exit at once (no credential on
-/// their stdin) and remove themselves. A label set of its own, so the
+/// without the credential; its containers run `sleep 1` instead of the runner
+/// and remove themselves. A label set of its own, so the
 /// orchestrator never counts or touches them.
 struct Yardstick {
+    /// A client whose clean-up acts on the yardstick's label set alone.
+    docker: proxy_runner_docker::DockerBackend,
     image: String,
     hardening: Hardening,
     instance: String,
@@ -192,11 +194,18 @@ impl Yardstick {
             .context("the orchestrator runs no autoscaler")?;
         let config = scaler.config();
         let instance = format!("{}-raw", r.instance);
+        let docker =
+            proxy_runner_docker::DockerBackend::connect(proxy_runner_docker::DockerOptions {
+                instance: Some(instance.clone()),
+                ..Default::default()
+            })
+            .await?;
         let network = network_name(&format!("{}-raw", config.network_prefix), "bench/raw");
-        r.docker
+        docker
             .ensure_network(&network_spec(network.clone(), "bench/raw", &instance))
             .await?;
         Ok(Yardstick {
+            docker,
             image: config.image.clone(),
             hardening: config.hardening.clone(),
             instance,
@@ -226,29 +235,35 @@ impl Yardstick {
     }
 
     /// Seconds for one create and start.
-    async fn start(&self, r: &Rig) -> anyhow::Result<f64> {
+    async fn start(&self) -> anyhow::Result<f64> {
         let spec = self.spec();
         let t = Instant::now();
-        r.docker.create_and_start_plain(&spec).await?;
+        // A second of life, as a runner waiting for work: a container that
+        // exits while its start is still being answered can leave the
+        // engine (20.10) holding an endpoint on the network for good.
+        let entrypoint = ["/bin/sh", "-c", "sleep 1"].map(String::from).to_vec();
+        self.docker
+            .create_and_start_plain(&spec, Some(entrypoint))
+            .await?;
         Ok(t.elapsed().as_secs_f64())
     }
 
     /// Waits (up to two minutes) until its containers are gone.
-    async fn await_gone(&self, r: &Rig) -> anyhow::Result<()> {
+    async fn await_gone(&self) -> anyhow::Result<()> {
         let until = Instant::now() + Duration::from_secs(120);
-        while !r.docker.list(&self.instance).await?.is_empty() && Instant::now() < until {
+        while !self.docker.list(&self.instance).await?.is_empty() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     }
 
-    /// Waits until its containers are gone, then removes its network.
-    async fn clean(&self, r: &Rig) -> anyhow::Result<()> {
-        self.await_gone(r).await?;
-        for c in r.docker.list(&self.instance).await? {
-            let _ = r.docker.remove(&c.id).await;
+    /// Waits until its containers are gone (its network stays for the next
+    /// starts; `leave_nothing` removes it at the end).
+    async fn clean(&self) -> anyhow::Result<()> {
+        self.await_gone().await?;
+        for c in self.docker.list(&self.instance).await? {
+            let _ = self.docker.remove(&c.id).await;
         }
-        r.docker.remove_network_if_unused(&self.network).await?;
         Ok(())
     }
 }
@@ -286,7 +301,7 @@ fn docker_run_args(r: &Rig, y: &Yardstick) -> Vec<String> {
         "/bin/sh".into(),
         r.image.clone(),
         "-c".into(),
-        "exit 0".into(),
+        "sleep 1".into(),
     ])
     .collect()
 }
@@ -345,7 +360,7 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<Value> {
         Instant::now() + Duration::from_secs(60),
     )
     .await?;
-    yardstick.start(&r).await?;
+    yardstick.start().await?;
     docker_run(&run_args).await?;
     wait_idle(&r, Instant::now() + Duration::from_secs(120)).await?;
 
@@ -372,15 +387,15 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<Value> {
     // gone first.
     let mut raw = Vec::new();
     for _ in 0..args.sequential {
-        raw.push(yardstick.start(&r).await?);
-        yardstick.await_gone(&r).await?;
+        raw.push(yardstick.start().await?);
+        yardstick.await_gone().await?;
     }
     let mut cli = Vec::new();
     for _ in 0..args.sequential {
         cli.push(docker_run(&run_args).await?);
-        yardstick.await_gone(&r).await?;
+        yardstick.await_gone().await?;
     }
-    yardstick.clean(&r).await?;
+    yardstick.clean().await?;
 
     println!();
     let (o50, o95) = summary("queued webhook -> container running", ours);
@@ -415,13 +430,13 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<Value> {
         let (jobs_wall, with_jobs) = burst(&r, n, &format!("jobs{n}")).await?;
         wait_idle(&r, Instant::now() + Duration::from_secs(600)).await?;
         let par_start = Instant::now();
-        let starts: Vec<_> = (0..n).map(|_| yardstick.start(&r)).collect();
+        let starts: Vec<_> = (0..n).map(|_| yardstick.start()).collect();
         let par: Vec<f64> = futures::future::join_all(starts)
             .await
             .into_iter()
             .collect::<anyhow::Result<_>>()?;
         let par_wall = par_start.elapsed().as_secs_f64();
-        yardstick.clean(&r).await?;
+        yardstick.clean().await?;
 
         println!();
         let (h50, h95) = summary(&format!("burst {n}, jobs held: queued -> running"), held);
@@ -453,9 +468,14 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<Value> {
     let Rig {
         orchestrator,
         emulator,
+        docker,
+        instance,
         ..
     } = r;
     orchestrator.shutdown().await?;
     emulator.shutdown().await;
+    let mut left = super::leave_nothing(&docker, &[&instance]).await?;
+    left.extend(super::leave_nothing(&yardstick.docker, &[&yardstick.instance]).await?);
+    figures["leftBehind"] = json!(left);
     Ok(figures)
 }

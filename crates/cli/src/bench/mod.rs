@@ -53,6 +53,37 @@ pub struct BenchArgs {
     pub warm: warm::WarmArgs,
 }
 
+/// Removes what a part left on the engine under `instances` once its
+/// orchestrator has stopped: networks whose last container exited a moment
+/// before the stop (the engine releases a quickly exiting container's
+/// endpoint some time after its exit; here up to about a minute). Tries for
+/// up to two minutes; returns whatever is still there, which the command
+/// reports and fails on after writing the figures.
+pub async fn leave_nothing(
+    docker: &proxy_runner_docker::DockerBackend,
+    instances: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    use proxy_runner_domain::ports::ContainerBackend;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let mut left = Vec::new();
+        for instance in instances {
+            for c in docker.list(instance).await? {
+                left.push(format!("container {}", c.name));
+            }
+            for n in docker.list_networks(instance).await? {
+                if !docker.remove_network_if_unused(&n.name).await? {
+                    left.push(format!("network {}", n.name));
+                }
+            }
+        }
+        if left.is_empty() || std::time::Instant::now() > until {
+            return Ok(left);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 /// The value at percentile `p` (0..=100) of `sorted`, NaN when empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -80,6 +111,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let left: Vec<&str> = ["engine", "warm"]
+        .iter()
+        .filter_map(|part| figures[part]["leftBehind"].as_array())
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !left.is_empty() {
+        anyhow::bail!("left behind on the engine: {}", left.join(", "));
     }
     Ok(())
 }

@@ -179,11 +179,15 @@ pub async fn run(args: WarmArgs, host_ip: Option<IpAddr>) -> anyhow::Result<Valu
     let Rig {
         orchestrator,
         emulator,
+        docker,
+        instance,
         ..
     } = r;
     orchestrator.shutdown().await?;
     emulator.shutdown().await;
+    let left = super::leave_nothing(&docker, &[&instance]).await?;
     Ok(json!({
+        "leftBehind": left,
         "runs": runs,
         "warmP50": w50, "warmP95": w95,
         "coldP50": c50, "coldP95": c95,
