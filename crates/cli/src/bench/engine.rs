@@ -465,16 +465,7 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<Value> {
     }
     wait_idle(&r, Instant::now() + Duration::from_secs(600)).await?;
 
-    let Rig {
-        orchestrator,
-        emulator,
-        docker,
-        instance,
-        ..
-    } = r;
-    orchestrator.shutdown().await?;
-    emulator.shutdown().await;
-    let mut left = super::leave_nothing(&docker, &[&instance]).await?;
+    let mut left = super::stop_rig(r).await?;
     left.extend(super::leave_nothing(&yardstick.docker, &[&yardstick.instance]).await?);
     figures["leftBehind"] = json!(left);
     Ok(figures)

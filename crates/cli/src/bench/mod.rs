@@ -84,6 +84,21 @@ pub async fn leave_nothing(
     }
 }
 
+/// Stops a part's orchestrator and emulator, then removes what is left of
+/// its label set on the engine (`leave_nothing`); returns what could not be.
+pub async fn stop_rig(r: crate::demo::Rig) -> anyhow::Result<Vec<String>> {
+    let crate::demo::Rig {
+        orchestrator,
+        emulator,
+        docker,
+        instance,
+        ..
+    } = r;
+    orchestrator.shutdown().await?;
+    emulator.shutdown().await;
+    leave_nothing(&docker, &[&instance]).await
+}
+
 /// The value at percentile `p` (0..=100) of `sorted`, NaN when empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

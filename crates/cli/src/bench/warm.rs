@@ -176,16 +176,7 @@ pub async fn run(args: WarmArgs, host_ip: Option<IpAddr>) -> anyhow::Result<Valu
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     say("stopping".into());
-    let Rig {
-        orchestrator,
-        emulator,
-        docker,
-        instance,
-        ..
-    } = r;
-    orchestrator.shutdown().await?;
-    emulator.shutdown().await;
-    let left = super::leave_nothing(&docker, &[&instance]).await?;
+    let left = super::stop_rig(r).await?;
     Ok(json!({
         "leftBehind": left,
         "runs": runs,
